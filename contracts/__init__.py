@@ -1,0 +1,61 @@
+"""Likeness message contracts: the only place events are defined."""
+
+from contracts.envelope import Event, Message
+from contracts.events import (
+    ALL_EVENTS,
+    EVENTS_BY_SUBJECT,
+    CharacterCompleted,
+    CharacterRequested,
+    GenerateShot,
+    IdentityFailed,
+    IdentityProgress,
+    IdentityReady,
+    ReferencesStored,
+    ShotFailed,
+    ShotGenerated,
+    ShotRequested,
+    ShotScored,
+    ShotStored,
+)
+from contracts.values import (
+    ClipScore,
+    FaceScore,
+    ImageRef,
+    ShotParams,
+    ShotScore,
+    SimulationNote,
+    Strategy,
+    Verdict,
+)
+
+STREAM_NAME = "LIKENESS"
+STREAM_SUBJECTS = ["likeness.>"]
+
+__all__ = [
+    "ALL_EVENTS",
+    "EVENTS_BY_SUBJECT",
+    "STREAM_NAME",
+    "STREAM_SUBJECTS",
+    "CharacterCompleted",
+    "CharacterRequested",
+    "ClipScore",
+    "Event",
+    "FaceScore",
+    "GenerateShot",
+    "IdentityFailed",
+    "IdentityProgress",
+    "IdentityReady",
+    "ImageRef",
+    "Message",
+    "ReferencesStored",
+    "ShotFailed",
+    "ShotGenerated",
+    "ShotParams",
+    "ShotRequested",
+    "ShotScore",
+    "ShotScored",
+    "ShotStored",
+    "SimulationNote",
+    "Strategy",
+    "Verdict",
+]

@@ -1,0 +1,170 @@
+"""Every message Likeness services exchange. A breaking change is a new class on a new subject."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import Field
+
+from contracts.envelope import Event
+from contracts.values import (
+    FailureStage,
+    ImageRef,
+    ProviderName,
+    ShotParams,
+    ShotScore,
+    SimulationNote,
+    Strategy,
+    Verdict,
+)
+
+
+class CharacterRequested(Event):
+    """An app submitted a character: its references are in object storage, nothing else is yet."""
+
+    subject = "likeness.character.requested.v1"
+    type: Literal["CharacterRequested"] = "CharacterRequested"
+    character_id: UUID
+    name: str = Field(min_length=1, max_length=200)
+    strategy: Strategy
+    provider: ProviderName
+    references: list[ImageRef] = Field(min_length=1, max_length=20)
+
+
+class ReferencesStored(Event):
+    """The system of record holds the character and its references; an identity can be built."""
+
+    subject = "likeness.references.stored.v1"
+    type: Literal["ReferencesStored"] = "ReferencesStored"
+    character_id: UUID
+    strategy: Strategy
+    provider: ProviderName
+    references: list[ImageRef] = Field(min_length=1, max_length=20)
+
+
+class IdentityProgress(Event):
+    """Progress of a long identity job (training), for progress bars."""
+
+    subject = "likeness.identity.progress.v1"
+    type: Literal["IdentityProgress"] = "IdentityProgress"
+    character_id: UUID
+    provider: ProviderName
+    percent: float = Field(ge=0.0, le=100.0)
+    message: str = Field(default="", max_length=500)
+
+
+class IdentityReady(Event):
+    subject = "likeness.identity.ready.v1"
+    type: Literal["IdentityReady"] = "IdentityReady"
+    character_id: UUID
+    provider: ProviderName
+    identity_ref: str = Field(description="The provider's handle for the identity (LoRA URL, tune id, ...).")
+    training_seconds: float = Field(ge=0.0)
+    cost_usd: float = Field(ge=0.0)
+    simulated: bool
+
+
+class IdentityFailed(Event):
+    subject = "likeness.identity.failed.v1"
+    type: Literal["IdentityFailed"] = "IdentityFailed"
+    character_id: UUID
+    provider: ProviderName
+    reason: str = Field(max_length=2000)
+
+
+class ShotRequested(Event):
+    subject = "likeness.shot.requested.v1"
+    type: Literal["ShotRequested"] = "ShotRequested"
+    shot_id: UUID
+    character_id: UUID
+    params: ShotParams
+
+
+class GenerateShot(Event):
+    """Command to the provider adapter: the identity is ready, make this shot now."""
+
+    subject = "likeness.shot.generate.v1"
+    type: Literal["GenerateShot"] = "GenerateShot"
+    shot_id: UUID
+    character_id: UUID
+    provider: ProviderName
+    identity_ref: str
+    params: ShotParams
+    references: list[ImageRef] = Field(min_length=1, max_length=20)
+
+
+class ShotGenerated(Event):
+    """A provider returned an image and it has been copied into object storage."""
+
+    subject = "likeness.shot.generated.v1"
+    type: Literal["ShotGenerated"] = "ShotGenerated"
+    shot_id: UUID
+    character_id: UUID
+    provider: ProviderName
+    image: ImageRef
+    latency_ms: float = Field(ge=0.0, description="Provider inference time for this shot.")
+    cost_usd: float = Field(ge=0.0)
+    attempts: int = Field(ge=1, description="Provider calls made, retries included.")
+    simulation: SimulationNote | None = Field(
+        default=None, description="Present when the offline simulator made the image."
+    )
+
+
+class ShotStored(Event):
+    """The system of record holds the shot; it can be scored against these references."""
+
+    subject = "likeness.shot.stored.v1"
+    type: Literal["ShotStored"] = "ShotStored"
+    shot_id: UUID
+    character_id: UUID
+    prompt: str
+    image: ImageRef
+    references: list[ImageRef] = Field(min_length=1, max_length=20)
+
+
+class ShotScored(Event):
+    subject = "likeness.shot.scored.v1"
+    type: Literal["ShotScored"] = "ShotScored"
+    shot_id: UUID
+    character_id: UUID
+    score: ShotScore
+
+
+class ShotFailed(Event):
+    subject = "likeness.shot.failed.v1"
+    type: Literal["ShotFailed"] = "ShotFailed"
+    shot_id: UUID
+    character_id: UUID
+    stage: FailureStage
+    reason: str = Field(max_length=2000)
+
+
+class CharacterCompleted(Event):
+    """Every shot requested so far has a verdict or has failed."""
+
+    subject = "likeness.character.completed.v1"
+    type: Literal["CharacterCompleted"] = "CharacterCompleted"
+    character_id: UUID
+    shots_total: int = Field(ge=0)
+    shots_scored: int = Field(ge=0)
+    shots_failed: int = Field(ge=0)
+    verdicts: dict[Verdict, int]
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    CharacterRequested,
+    ReferencesStored,
+    IdentityProgress,
+    IdentityReady,
+    IdentityFailed,
+    ShotRequested,
+    GenerateShot,
+    ShotGenerated,
+    ShotStored,
+    ShotScored,
+    ShotFailed,
+    CharacterCompleted,
+)
+
+EVENTS_BY_SUBJECT: dict[str, type[Event]] = {event.subject: event for event in ALL_EVENTS}

@@ -1,0 +1,1 @@
+"""Shared infrastructure: the embedded stack, the bus, the database, object storage, the CLI."""

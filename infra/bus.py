@@ -1,0 +1,145 @@
+"""NATS JetStream conventions in one place: the stream, consumers, publishing and settling messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, NatsRouter, PullSub
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
+
+from contracts import STREAM_NAME, STREAM_SUBJECTS, Event
+from infra.delivery import Publish
+
+log = logging.getLogger(__name__)
+
+# Retention: events are the history operators replay from, so keep them a while.
+STREAM_MAX_AGE_S = 30 * 24 * 3600
+# Publishes carrying a Nats-Msg-Id seen within this window are stored once.
+DUPLICATE_WINDOW_S = 2 * 60
+
+STREAM = JStream(
+    name=STREAM_NAME,
+    subjects=STREAM_SUBJECTS,
+    duplicate_window=DUPLICATE_WINDOW_S,
+    max_age=STREAM_MAX_AGE_S,
+    description="Every Likeness event and command (likeness.<entity>.<event>.v<n>)",
+    declare=False,  # declared once by Runtime.declare_stream with all subjects, not per subscriber
+)
+
+
+class RetryLater(Exception):
+    """Raised by a handler when the message should come back after `delay_s` (not an error)."""
+
+    def __init__(self, reason: str, delay_s: float = 1.0) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+def create_broker(nats_url: str, *, name: str) -> NatsBroker:
+    return NatsBroker(nats_url, name=f"likeness-{name}", graceful_timeout=15.0, logger=log)
+
+
+def consumer(
+    event: type[Event],
+    durable: str,
+    *,
+    ack_wait_s: float = 60.0,
+    max_deliver: int = 30,
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    """Subscriber arguments for a durable pull consumer that replicas of a service share."""
+    return {
+        "subject": event.subject,
+        "stream": STREAM,
+        "durable": durable,
+        "pull_sub": PullSub(batch_size=batch_size, timeout=1.0),
+        "config": ConsumerConfig(
+            durable_name=durable,
+            ack_wait=ack_wait_s,
+            max_deliver=max_deliver,
+            deliver_policy=DeliverPolicy.ALL,
+        ),
+        "ack_policy": AckPolicy.MANUAL,
+        "title": f"{durable}:{event.event_type()}",
+        "description": event.__doc__,
+    }
+
+
+SubscriberFunction = Callable[..., Awaitable[None]]
+
+
+def subscribe(
+    router: NatsRouter,
+    event: type[Event],
+    durable: str,
+    **options: Any,
+) -> Callable[[SubscriberFunction], object]:
+    """`@subscribe(router, ShotStored, "scoring-shot-stored")`: a shared durable pull consumer."""
+    return cast(Callable[[SubscriberFunction], object], router.subscriber(**consumer(event, durable, **options)))
+
+
+def relay_publisher(broker: NatsBroker) -> Publish:
+    """How outbox relays publish: JSON bytes, Nats-Msg-Id for dedup, waiting for the stream's ack."""
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        await broker.publish(
+            payload,
+            subject,
+            headers={**headers, "content-type": "application/json"},
+            stream=STREAM_NAME,
+            timeout=5.0,
+        )
+
+    return publish
+
+
+async def publish_event(broker: NatsBroker, event: Event) -> None:
+    """Publish directly (no outbox): for services that write no database row first, and progress."""
+    await relay_publisher(broker)(event.subject, event.model_dump_json().encode(), {"Nats-Msg-Id": str(event.event_id)})
+
+
+async def declare_stream(broker: NatsBroker) -> None:
+    """Create or update the one stream (idempotent); every service calls it before publishing."""
+    js = broker.config.connection_state.stream
+    try:
+        await js.add_stream(config=STREAM.config)
+    except BadRequestError:
+        await js.update_stream(config=STREAM.config)
+    log.info("stream %s ready", STREAM_NAME)
+
+
+def backoff_s(num_delivered: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    return float(min(cap, base * 2 ** max(0, num_delivered - 1)))
+
+
+async def settle(msg: NatsMessage, work: Awaitable[None]) -> None:
+    """Run one message's work, then ack it; on RetryLater or an error, nak it with a delay."""
+    delivered = msg.raw_message.metadata.num_delivered or 1
+    try:
+        await work
+    except RetryLater as retry:
+        log.info("retrying later (%s): %s", msg.raw_message.subject, retry)
+        await msg.nack(delay=retry.delay_s)
+        return
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        delay = backoff_s(delivered)
+        log.exception(
+            "handler failed on delivery %d of %s; nak, retry in %.1fs",
+            delivered,
+            msg.raw_message.subject,
+            delay,
+        )
+        await msg.nack(delay=delay)
+        return
+    await msg.ack()
+
+
+def delivery_count(msg: NatsMessage) -> int:
+    return int(msg.raw_message.metadata.num_delivered or 1)

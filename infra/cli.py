@@ -1,0 +1,103 @@
+"""`likeness`: the operator's entry point (up, down, demo; later replay, calibrate, ...)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Likeness: consistent character identity across AI-generated shots.", no_args_is_help=True)
+console = Console()
+
+DATA_DIR_HELP = "Where the stack keeps its data (NATS streams, PostgreSQL, images)."
+
+
+def _project_dir() -> Path:
+    return Path(os.environ.get("LIKENESS_PROJECT_DIR", Path.cwd()))
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("LIKENESS_DATA_DIR", _project_dir() / ".likeness" / "stack"))
+
+
+def _api_key(data_dir: Path) -> str:
+    path = data_dir / "api-key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+@app.command()
+def demo(
+    timeout: float = typer.Option(300.0, help="Give up if the shots are not all scored by then (seconds)."),
+) -> None:
+    """Run the sample character through every service on the embedded stack, then print the results."""
+    from infra import report
+    from infra.demo import run_demo
+
+    result = run_demo(_project_dir(), console, timeout_s=timeout)
+    console.print(report.results_table(result.character))
+    summary = report.summary(result.character)
+    console.print(f"summary: {summary}")
+    console.print(f"CSV:  {result.csv_path}")
+    console.print(f"HTML: {result.html_path}")
+    console.print(f"demo wall time {result.wall_s:.1f} s")
+
+
+@app.command()
+def up(
+    data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
+    port: int = typer.Option(0, help="Gateway port (0: a free one)."),
+) -> None:
+    """Start the embedded stack and the four services in the background; `likeness down` stops them."""
+    from infra.processes import ServiceSet
+    from infra.stack import EmbeddedStack, stack_running
+    from infra.stack.ports import free_port
+
+    data_dir = (data_dir or _default_data_dir()).resolve()
+    if stack_running(data_dir):
+        console.print(f"[red]already running[/red] from {data_dir}; `likeness down` first")
+        raise typer.Exit(1)
+    stack = EmbeddedStack(data_dir)
+    endpoints = stack.start()
+    gateway_port = port or free_port()
+    api_key = _api_key(data_dir)
+    services = ServiceSet(
+        data_dir,
+        {**endpoints.env(), "LIKENESS_GATEWAY_PORT": str(gateway_port), "LIKENESS_GATEWAY_API_KEYS": f"local:{api_key}"},
+    )
+    try:
+        services.start_all()
+    except Exception:
+        services.stop_all()
+        stack.stop()
+        raise
+    console.print(f"Likeness is up. Data: {data_dir}")
+    console.print(f"  gateway   http://127.0.0.1:{gateway_port}   (API docs: /docs)")
+    console.print(f"  API key   {api_key}   (tenant 'local'; stored in {data_dir / 'api-key'})")
+    console.print(f"  logs      {data_dir / 'logs'}")
+    console.print("Stop it with `./taskw down`.")
+
+
+@app.command()
+def down(data_dir: Path = typer.Option(None, help=DATA_DIR_HELP)) -> None:
+    """Stop what `likeness up` started (services first, then NATS, PostgreSQL and the object store)."""
+    from infra.processes import stop_recorded_services
+    from infra.stack import stop_recorded_stack
+
+    data_dir = (data_dir or _default_data_dir()).resolve()
+    services = stop_recorded_services(data_dir)
+    servers = stop_recorded_stack(data_dir)
+    if not services and not servers:
+        console.print(f"nothing was running from {data_dir}")
+        return
+    console.print(f"stopped {', '.join([*services, *servers])}; data kept in {data_dir}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,105 @@
+"""What every worker service holds while it runs: pool, object store, outbox relay, broker.
+
+`worker_app` wires it into a FastStream app: resources open in the lifespan (nothing connects
+at import time), the relay starts once the broker is up, and the ready file is touched last.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsRouter
+from faststream.specification import AsyncAPI
+
+from infra.bus import create_broker, declare_stream, relay_publisher
+from infra.db import create_pool, migrate_service
+from infra.delivery import Delivery, OutboxRelay
+from infra.objects import ObjectStore
+from infra.settings import InfraSettings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, service: str, settings: InfraSettings, *, migrations: Path | None) -> None:
+        self.service = service
+        self.settings = settings
+        self.migrations = migrations
+        self.broker: NatsBroker = create_broker(settings.nats_url, name=service)
+        self._pool: asyncpg.Pool | None = None
+        self._delivery: Delivery | None = None
+        self.store = ObjectStore.from_settings(settings)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "runtime not open"
+        return self._pool
+
+    @property
+    def delivery(self) -> Delivery:
+        assert self._delivery is not None, "runtime not open"
+        return self._delivery
+
+    async def open(self) -> None:
+        self._pool = await create_pool(self.settings.database_url.get_secret_value())
+        await migrate_service(self._pool, self.service, self.migrations)
+        await self.store.ensure_bucket()
+        relay = OutboxRelay(self._pool, self.service, relay_publisher(self.broker))
+        self._delivery = Delivery(self._pool, self.service, relay)
+
+    async def declare_stream(self) -> None:
+        await self.broker.connect()
+        await declare_stream(self.broker)
+
+    async def close(self) -> None:
+        if self._delivery is not None:
+            await self._delivery.relay.stop()
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def worker_app(
+    runtime: Runtime,
+    router: NatsRouter,
+    *,
+    title: str,
+    load: Callable[[], Awaitable[None]] | None = None,
+) -> FastStream:
+    """`load` runs once in the lifespan before consuming starts (models, caches)."""
+    runtime.broker.include_router(router)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        await runtime.open()
+        if load is not None:
+            await load()
+        await runtime.declare_stream()
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastStream(
+        runtime.broker,
+        lifespan=lifespan,
+        specification=AsyncAPI(title=title, version="1.0.0", description=f"Likeness {runtime.service} service"),
+    )
+
+    @app.after_startup
+    async def started() -> None:
+        runtime.delivery.relay.start()
+        if runtime.settings.ready_file is not None:
+            runtime.settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            runtime.settings.ready_file.touch()
+        log.info("%s ready", runtime.service)
+
+    @app.on_shutdown
+    async def stopping() -> None:
+        await runtime.delivery.relay.stop()
+
+    return app

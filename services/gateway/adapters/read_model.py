@@ -1,0 +1,108 @@
+"""The gateway's read-only view of the system of record (schema `records`, written by storage).
+
+Every query filters by tenant: a character of another tenant is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+_SHOT_COLUMNS = """
+    s.shot_id, s.character_id, s.status, s.params, s.provider, s.image, s.latency_ms, s.cost_usd,
+    s.attempts, s.simulation, s.failure_stage, s.failure_reason, s.requested_at, s.finished_at,
+    (SELECT sc.score FROM records.scores sc WHERE sc.shot_id = s.shot_id
+      ORDER BY sc.scored_at DESC, sc.score_id DESC LIMIT 1) AS score
+"""
+
+
+def _shot(row: asyncpg.Record) -> dict[str, Any]:
+    failure = None
+    if row["failure_stage"] is not None:
+        failure = {"stage": row["failure_stage"], "reason": row["failure_reason"]}
+    return {
+        "shot_id": str(row["shot_id"]),
+        "character_id": str(row["character_id"]),
+        "status": row["status"],
+        "params": row["params"],
+        "provider": row["provider"],
+        "image": row["image"],
+        "latency_ms": row["latency_ms"],
+        "cost_usd": row["cost_usd"],
+        "attempts": row["attempts"],
+        "simulation": row["simulation"],
+        "score": row["score"],
+        "failure": failure,
+        "requested_at": row["requested_at"].isoformat(),
+        "finished_at": None if row["finished_at"] is None else row["finished_at"].isoformat(),
+    }
+
+
+class ReadModel:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def character_exists(self, tenant_id: str, character_id: UUID) -> bool:
+        found = await self._pool.fetchval(
+            "SELECT 1 FROM records.characters WHERE character_id=$1 AND tenant_id=$2", character_id, tenant_id
+        )
+        return found is not None
+
+    async def character(self, tenant_id: str, character_id: UUID) -> dict[str, Any] | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM records.characters WHERE character_id=$1 AND tenant_id=$2", character_id, tenant_id
+        )
+        if row is None:
+            return None
+        references = await self._pool.fetch(
+            "SELECT image FROM records.reference_images WHERE character_id=$1 ORDER BY position", character_id
+        )
+        shots = await self._pool.fetch(
+            f"SELECT {_SHOT_COLUMNS} FROM records.shots s WHERE s.character_id=$1 ORDER BY s.requested_at, s.shot_id",  # noqa: S608 - constant columns
+            character_id,
+        )
+        identity = None
+        if row["identity_ref"] is not None or row["identity_failure"] is not None:
+            identity = {
+                "state": "failed" if row["identity_failure"] else "ready",
+                "identity_ref": row["identity_ref"],
+                "training_seconds": row["training_seconds"],
+                "cost_usd": row["identity_cost_usd"],
+                "simulated": bool(row["identity_simulated"]),
+                "failure": row["identity_failure"],
+            }
+        return {
+            "character_id": str(row["character_id"]),
+            "name": row["name"],
+            "strategy": row["strategy"],
+            "provider": row["provider"],
+            "status": row["status"],
+            "identity_percent": row["identity_percent"],
+            "created_at": row["created_at"].isoformat(),
+            "identity": identity,
+            "references": [r["image"] for r in references],
+            "shots": [_shot(s) for s in shots],
+        }
+
+    async def shot(self, tenant_id: str, shot_id: UUID) -> dict[str, Any] | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_SHOT_COLUMNS} FROM records.shots s WHERE s.shot_id=$1 AND s.tenant_id=$2",  # noqa: S608 - constant columns
+            shot_id,
+            tenant_id,
+        )
+        return None if row is None else _shot(row)
+
+    async def events_after(
+        self, tenant_id: str, character_id: UUID, after_seq: int, limit: int = 200
+    ) -> list[tuple[int, str, dict[str, Any]]]:
+        rows = await self._pool.fetch(
+            """SELECT seq, type, payload FROM records.event_log
+               WHERE character_id=$1 AND tenant_id=$2 AND seq > $3 ORDER BY seq LIMIT $4""",
+            character_id,
+            tenant_id,
+            after_seq,
+            limit,
+        )
+        return [(row["seq"], row["type"], row["payload"]) for row in rows]

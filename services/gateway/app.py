@@ -1,0 +1,70 @@
+"""The gateway: FastAPI for apps, FastStream (NATS) for publishing their requests as events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from infra.bus import create_broker, declare_stream
+from infra.db import create_pool
+from infra.objects import ObjectStore
+from infra.settings import InfraSettings
+from services.gateway.adapters.read_model import ReadModel
+from services.gateway.deps import Gateway
+from services.gateway.routes import router
+from services.gateway.settings import GatewaySettings
+
+# Multipart overhead allowance on top of the reference limits, for the early Content-Length check.
+_FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
+    tenants_by_key = settings.tenants_by_key()  # fail at start-up on a malformed key list
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(infra.database_url.get_secret_value(), max_size=10)
+        broker = create_broker(infra.nats_url, name="gateway")
+        await broker.connect()
+        await declare_stream(broker)
+        store = ObjectStore.from_settings(infra)
+        await store.ensure_bucket()
+        app.state.gateway = Gateway(settings=settings, broker=broker, store=store, read_model=ReadModel(pool))
+        app.state.tenants_by_key = tenants_by_key
+        if infra.ready_file is not None:
+            infra.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            infra.ready_file.touch()
+        try:
+            yield
+        finally:
+            await broker.stop()
+            await pool.close()
+
+    app = FastAPI(
+        title="Likeness",
+        version="1.0.0",
+        description="Keeps a character's identity consistent across AI-generated shots, and measures it.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    max_body = settings.max_references * settings.max_reference_bytes + _FORM_OVERHEAD_BYTES
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request: Request, call_next):  # type: ignore[no-untyped-def]
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            return JSONResponse(
+                {"detail": f"request body is {int(declared)} bytes; the limit is {max_body} bytes"},
+                status_code=413,
+            )
+        return await call_next(request)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,178 @@
+"""The HTTP API apps call. Writes become events; reads come from the system of record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, File, Form, Header, HTTPException, Request, Response, UploadFile, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from contracts import CharacterRequested, ImageRef, ShotParams, ShotRequested, Strategy
+from infra.bus import publish_event
+from services.gateway.auth import Tenant
+from services.gateway.deps import Gateway
+from services.gateway.images import ImageLimits, ImageRejected, read_limited, validate_reference
+
+router = APIRouter(prefix="/v1")
+
+_STATUS_FOR_REASON = {
+    "too_large": status.HTTP_413_CONTENT_TOO_LARGE,
+    "unsupported_type": status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    "not_an_image": status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+}
+
+
+class Accepted(BaseModel):
+    id: UUID
+    status: Literal["requested"] = "requested"
+    links: dict[str, str] = Field(description="Where to follow the work.")
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+@router.post("/characters", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def create_character(
+    request: Request,
+    tenant: Tenant,
+    name: Annotated[str, Form(min_length=1, max_length=200, description="The character's name.")],
+    references: Annotated[list[UploadFile], File(description="1 to 20 reference photos (JPEG, PNG or WebP).")],
+    strategy: Annotated[Strategy, Form(description="How the identity is built.")] = "instant_reference",
+    provider: Annotated[str, Form(description="Which provider builds it, e.g. 'sim'.")] = "sim",
+) -> Accepted:
+    """Submit a character. Nothing is stored unless every reference is valid."""
+    gateway = _gateway(request)
+    settings = gateway.settings
+    if provider not in settings.providers:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"unknown provider {provider!r}: choose one of {', '.join(settings.providers)}",
+        )
+    if not 1 <= len(references) <= settings.max_references:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"send between 1 and {settings.max_references} reference photos; got {len(references)}",
+        )
+    limits = ImageLimits(max_bytes=settings.max_reference_bytes, max_pixels=settings.max_reference_pixels)
+    validated = []
+    for upload in references:
+        filename = upload.filename or "upload"
+        try:
+            data = await read_limited(upload, limits.max_bytes, filename=filename)
+            validated.append(validate_reference(filename, data, limits))
+        except ImageRejected as rejected:
+            code = _STATUS_FOR_REASON.get(rejected.reason, status.HTTP_422_UNPROCESSABLE_CONTENT)
+            raise HTTPException(code, {"reason": rejected.reason, "file": filename, "message": str(rejected)}) from None
+    refs = []
+    for image in validated:
+        stored = await gateway.store.put_image(tenant, image.data, image.content_type)
+        refs.append(
+            ImageRef(
+                key=stored.key,
+                sha256=stored.sha256,
+                content_type=image.content_type,
+                width=image.width,
+                height=image.height,
+                size_bytes=stored.size_bytes,
+            )
+        )
+    character_id = uuid.uuid4()
+    event = CharacterRequested(
+        correlation_id=character_id,
+        tenant_id=tenant,
+        character_id=character_id,
+        name=name,
+        strategy=strategy,
+        provider=provider,
+        references=refs,
+    )
+    await publish_event(gateway.broker, event)
+    return Accepted(
+        id=character_id,
+        links={"self": f"/v1/characters/{character_id}", "events": f"/v1/characters/{character_id}/events"},
+    )
+
+
+@router.get("/characters/{character_id}")
+async def get_character(request: Request, tenant: Tenant, character_id: UUID) -> dict[str, Any]:
+    """Status, identity, references and every shot with its latest score."""
+    character = await _gateway(request).read_model.character(tenant, character_id)
+    if character is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"no character {character_id} (a character just submitted appears within moments)",
+        )
+    return character
+
+
+@router.post("/characters/{character_id}/shots", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def request_shot(request: Request, tenant: Tenant, character_id: UUID, params: ShotParams) -> Accepted:
+    """Ask for one shot of the character. It is generated once the identity is ready."""
+    gateway = _gateway(request)
+    if not await gateway.read_model.character_exists(tenant, character_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no character {character_id}")
+    shot_id = uuid.uuid4()
+    event = ShotRequested(
+        correlation_id=character_id, tenant_id=tenant, shot_id=shot_id, character_id=character_id, params=params
+    )
+    await publish_event(gateway.broker, event)
+    return Accepted(id=shot_id, links={"self": f"/v1/shots/{shot_id}"})
+
+
+@router.get("/shots/{shot_id}")
+async def get_shot(request: Request, tenant: Tenant, shot_id: UUID) -> dict[str, Any]:
+    shot = await _gateway(request).read_model.shot(tenant, shot_id)
+    if shot is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shot {shot_id}")
+    return shot
+
+
+@router.get("/images/{sha256}", response_class=Response)
+async def get_image(request: Request, tenant: Tenant, sha256: str) -> Response:
+    """A reference or shot image by its sha256 (only the tenant's own images)."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "sha256 must be 64 lowercase hex digits")
+    found = await _gateway(request).store.get_with_type(f"{tenant}/images/{sha256}")
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image {sha256}")
+    data, content_type = found
+    return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/characters/{character_id}/events", response_class=StreamingResponse)
+async def character_events(
+    request: Request,
+    tenant: Tenant,
+    character_id: UUID,
+    last_event_id: Annotated[int | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-sent events: every event of the character, in order; resume with Last-Event-ID."""
+    gateway = _gateway(request)
+    if not await gateway.read_model.character_exists(tenant, character_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no character {character_id}")
+
+    async def stream() -> AsyncIterator[str]:
+        seq = last_event_id or 0
+        idle = 0.0
+        while not await request.is_disconnected():
+            batch = await gateway.read_model.events_after(tenant, character_id, seq)
+            for seq, event_type, payload in batch:
+                yield f"id: {seq}\nevent: {event_type}\ndata: {json.dumps(payload)}\n\n"
+            if batch:
+                idle = 0.0
+                continue
+            idle += gateway.settings.events_poll_s
+            if idle >= 15.0:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(gateway.settings.events_poll_s)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

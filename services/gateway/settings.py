@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Env prefix LIKENESS_GATEWAY_."""
+
+    model_config = SettingsConfigDict(env_prefix="LIKENESS_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: SecretStr = Field(
+        description="Comma-separated tenant:key pairs, e.g. 'studio-a:k1,studio-b:k2'. Every call needs a key."
+    )
+    providers: list[str] = Field(default=["sim"], description="Providers this deployment offers.")
+    max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_reference_pixels: int = Field(default=40_000_000, gt=0)
+    max_references: int = Field(default=20, ge=1, le=20)
+    events_poll_s: float = Field(default=0.25, gt=0, description="How often the SSE feed looks for new events.")
+
+    def tenants_by_key(self) -> dict[str, str]:
+        pairs: dict[str, str] = {}
+        for item in self.api_keys.get_secret_value().split(","):
+            tenant, sep, key = item.strip().partition(":")
+            if not sep or not tenant or len(key) < 8:
+                raise ValueError("LIKENESS_GATEWAY_API_KEYS must be 'tenant:key' pairs, keys at least 8 characters")
+            pairs[key] = tenant
+        return pairs

@@ -1,0 +1,166 @@
+"""The provider adapter's logic: build identities, release waiting shots, turn provider output into events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from contracts import (
+    Event,
+    GenerateShot,
+    IdentityFailed,
+    IdentityReady,
+    ImageRef,
+    ReferencesStored,
+    ShotFailed,
+    ShotGenerated,
+    ShotRequested,
+)
+from contracts.values import FailureStage
+from services.provider_adapter.ports import (
+    GeneratedImage,
+    Identities,
+    IdentityRecord,
+    IdentityRequest,
+    IdentityStatus,
+    PermanentProviderError,
+    Provider,
+    ReferenceImage,
+    ShotRequest,
+    TransientProviderError,
+)
+
+Heartbeat = Callable[[float, str], Awaitable[None]]
+
+
+async def wait_for_identity(
+    provider: Provider, job_id: str, *, poll_s: float, timeout_s: float, heartbeat: Heartbeat
+) -> IdentityStatus:
+    """Poll the provider until the identity is ready or failed; report progress on the way."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            status = await provider.identity_status(job_id)
+        except TransientProviderError as error:
+            await heartbeat(0.0, f"provider busy: {error}")
+            await asyncio.sleep(error.retry_after_s or poll_s)
+            continue
+        if status.state != "pending":
+            return status
+        await heartbeat(status.percent, "building identity")
+        if loop.time() > deadline:
+            return IdentityStatus(state="failed", reason=f"identity not ready after {timeout_s:.0f} s")
+        await asyncio.sleep(poll_s)
+
+
+def generate_command(shot: ShotRequested, identity: IdentityRecord, cause: Event) -> GenerateShot:
+    assert identity.provider is not None
+    assert identity.identity_ref is not None
+    return GenerateShot.follow(
+        cause,
+        key=str(shot.shot_id),
+        shot_id=shot.shot_id,
+        character_id=shot.character_id,
+        provider=identity.provider,
+        identity_ref=identity.identity_ref,
+        params=shot.params,
+        references=identity.references,
+    )
+
+
+def shot_failed(shot: ShotRequested | GenerateShot, cause: Event, stage: FailureStage, reason: str) -> ShotFailed:
+    return ShotFailed.follow(
+        cause,
+        key=str(shot.shot_id),
+        shot_id=shot.shot_id,
+        character_id=shot.character_id,
+        stage=stage,
+        reason=reason,
+    )
+
+
+async def on_shot_requested(event: ShotRequested, *, identities: Identities) -> list[Event]:
+    """Generate now if the identity is ready; otherwise the shot waits for it."""
+    identity = await identities.lock(event.character_id, event.tenant_id)
+    if identity.status == "ready":
+        return [generate_command(event, identity, event)]
+    if identity.status == "failed":
+        return [shot_failed(event, event, "identity", f"the character's identity failed: {identity.failure}")]
+    await identities.add_waiting(event)
+    return []
+
+
+async def identity_settled(
+    event: ReferencesStored, status: IdentityStatus, *, identities: Identities, simulated: bool
+) -> list[Event]:
+    """Record the identity's outcome and release (or fail) every shot that waited for it."""
+    await identities.lock(event.character_id, event.tenant_id)
+    waiting = await identities.take_waiting(event.character_id)
+    if status.state == "ready" and status.identity_ref:
+        await identities.mark_ready(event.character_id, status.identity_ref)
+        identity = await identities.lock(event.character_id, event.tenant_id)
+        ready = IdentityReady.follow(
+            event,
+            character_id=event.character_id,
+            provider=event.provider,
+            identity_ref=status.identity_ref,
+            training_seconds=status.training_seconds,
+            cost_usd=status.cost_usd,
+            simulated=simulated,
+        )
+        return [ready, *(generate_command(shot, identity, ready) for shot in waiting)]
+    reason = status.reason or "the provider gave no reason"
+    await identities.mark_failed(event.character_id, reason)
+    failed = IdentityFailed.follow(event, character_id=event.character_id, provider=event.provider, reason=reason)
+    return [failed, *(shot_failed(shot, failed, "identity", reason) for shot in waiting)]
+
+
+async def generate(
+    command: GenerateShot,
+    *,
+    provider: Provider,
+    references: list[ReferenceImage],
+    attempt: int,
+    max_attempts: int,
+) -> GeneratedImage | ShotFailed:
+    """Call the provider once. Transient errors propagate for a later retry until attempts run out."""
+    request = ShotRequest(
+        shot_id=command.shot_id,
+        character_id=command.character_id,
+        identity_ref=command.identity_ref,
+        params=command.params,
+        references=references,
+        attempt=attempt,
+    )
+    try:
+        return await provider.generate(request)
+    except TransientProviderError as error:
+        if attempt >= max_attempts:
+            return shot_failed(command, command, "generation", f"gave up after {attempt} attempts: {error}")
+        raise
+    except PermanentProviderError as error:
+        return shot_failed(command, command, "generation", f"the provider refused the shot: {error}")
+
+
+def shot_generated(command: GenerateShot, image: GeneratedImage, stored: ImageRef, attempt: int) -> ShotGenerated:
+    return ShotGenerated.follow(
+        command,
+        shot_id=command.shot_id,
+        character_id=command.character_id,
+        provider=command.provider,
+        image=stored,
+        latency_ms=image.latency_ms,
+        cost_usd=image.cost_usd,
+        attempts=attempt,
+        simulation=image.simulation,
+    )
+
+
+def identity_request(event: ReferencesStored, references: list[ReferenceImage]) -> IdentityRequest:
+    return IdentityRequest(
+        character_id=event.character_id,
+        tenant_id=event.tenant_id,
+        strategy=event.strategy,
+        references=references,
+    )

@@ -1,0 +1,55 @@
+"""The scorer the service runs: models loaded once, CPU work off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from PIL import Image
+
+from contracts import ShotScore
+from services.scoring.adapters.clip import OpenClipImageEmbedder
+from services.scoring.adapters.face import DlibFaceEmbedder
+from services.scoring.scorer import SCORER_VERSION, ReferenceEmbeddings, Scorer, ScoringThresholds
+from services.scoring.settings import ScoringSettings
+
+
+class ThreadedScorer:
+    """Implements handlers.AsyncScorer. `load()` must run (once) before the first message."""
+
+    version = SCORER_VERSION
+
+    def __init__(self, settings: ScoringSettings) -> None:
+        self._settings = settings
+        self._scorer: Scorer | None = None
+        # one scoring at a time per process: the models already use every core
+        self._lock = asyncio.Lock()
+
+    def load(self) -> None:
+        settings = self._settings
+        face = DlibFaceEmbedder(jitters=settings.face_jitters)
+        images = OpenClipImageEmbedder(
+            model_name=settings.clip_model,
+            weights=settings.clip_weights,
+            offline=settings.offline,
+            threads=settings.torch_threads,
+        )
+        thresholds = ScoringThresholds(
+            face_same_below=settings.face_same_below, face_uncertain_below=settings.face_uncertain_below
+        )
+        self._scorer = Scorer(face, images, thresholds)
+
+    @property
+    def scorer(self) -> Scorer:
+        assert self._scorer is not None, "ThreadedScorer.load() was not called"
+        return self._scorer
+
+    async def embed_references(self, images: list[Image.Image]) -> ReferenceEmbeddings:
+        async with self._lock:
+            return await asyncio.to_thread(self.scorer.embed_references, images)
+
+    def references_from_bytes(self, data: bytes) -> ReferenceEmbeddings:
+        return ReferenceEmbeddings.from_bytes(data)
+
+    async def score(self, shot: Image.Image, references: ReferenceEmbeddings) -> ShotScore:  # type: ignore[override]
+        async with self._lock:
+            return await asyncio.to_thread(self.scorer.score, shot, references)

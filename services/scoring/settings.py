@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ScoringSettings(BaseSettings):
+    """Env prefix LIKENESS_SCORING_."""
+
+    model_config = SettingsConfigDict(env_prefix="LIKENESS_SCORING_", extra="ignore")
+
+    clip_model: str = "ViT-B-32"
+    clip_weights: str | None = Field(
+        default=None,
+        description="A checkpoint file path or an open_clip hub tag. Unset: random weights, scores uncalibrated.",
+    )
+    offline: bool = Field(default=True, description="Never reach a model hub (fail fast instead of hanging).")
+    face_same_below: float = Field(default=0.6, gt=0, description="dlib L2 distance under which faces match.")
+    face_uncertain_below: float = Field(default=0.6, gt=0, description="Upper end of the 'uncertain' band.")
+    face_jitters: int = Field(default=1, ge=1)
+    torch_threads: int | None = Field(default=None, ge=1)

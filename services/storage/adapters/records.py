@@ -1,0 +1,189 @@
+"""The system of record in PostgreSQL (schema `records`), bound to one message's transaction."""
+
+from __future__ import annotations
+
+import json
+from uuid import UUID
+
+from contracts import (
+    CharacterRequested,
+    Event,
+    IdentityReady,
+    ImageRef,
+    ShotGenerated,
+    ShotRequested,
+    ShotScored,
+)
+from infra.db import DbConnection
+from services.storage.ports import CharacterRecord, ShotCounts
+
+_CHARACTER = "SELECT character_id, tenant_id, provider, status FROM records.characters WHERE character_id=$1"
+_CHARACTER_FOR_UPDATE = _CHARACTER + " FOR UPDATE"
+
+
+class PostgresRecords:
+    def __init__(self, conn: DbConnection) -> None:
+        self._conn = conn
+
+    async def add_character(self, event: CharacterRequested) -> None:
+        await self._conn.execute(
+            """INSERT INTO records.characters
+                   (character_id, tenant_id, name, strategy, provider, status, created_at)
+               VALUES ($1, $2, $3, $4, $5, 'building_identity', $6)
+               ON CONFLICT (character_id) DO NOTHING""",
+            event.character_id,
+            event.tenant_id,
+            event.name,
+            event.strategy,
+            event.provider,
+            event.occurred_at,
+        )
+        await self._conn.executemany(
+            """INSERT INTO records.reference_images (character_id, position, image)
+               VALUES ($1, $2, $3::text::jsonb) ON CONFLICT DO NOTHING""",
+            [(event.character_id, i, ref.model_dump_json()) for i, ref in enumerate(event.references)],
+        )
+
+    async def character(self, character_id: UUID, *, lock: bool = False) -> CharacterRecord | None:
+        query = _CHARACTER_FOR_UPDATE if lock else _CHARACTER
+        row = await self._conn.fetchrow(query, character_id)
+        return None if row is None else CharacterRecord(**dict(row))
+
+    async def references(self, character_id: UUID) -> list[ImageRef]:
+        rows = await self._conn.fetch(
+            "SELECT image FROM records.reference_images WHERE character_id=$1 ORDER BY position", character_id
+        )
+        return [ImageRef.model_validate(row["image"]) for row in rows]
+
+    async def set_identity_progress(self, character_id: UUID, percent: float) -> None:
+        await self._conn.execute(
+            """UPDATE records.characters SET identity_percent=GREATEST(identity_percent, $2), updated_at=now()
+               WHERE character_id=$1""",
+            character_id,
+            percent,
+        )
+
+    async def mark_identity_ready(self, event: IdentityReady) -> None:
+        await self._conn.execute(
+            """UPDATE records.characters SET status='ready', identity_percent=100, identity_ref=$2,
+                   training_seconds=$3, identity_cost_usd=$4, identity_simulated=$5, updated_at=now()
+               WHERE character_id=$1""",
+            event.character_id,
+            event.identity_ref,
+            event.training_seconds,
+            event.cost_usd,
+            event.simulated,
+        )
+
+    async def mark_identity_failed(self, character_id: UUID, reason: str) -> None:
+        await self._conn.execute(
+            """UPDATE records.characters SET status='identity_failed', identity_failure=$2, updated_at=now()
+               WHERE character_id=$1""",
+            character_id,
+            reason,
+        )
+
+    async def set_character_status(self, character_id: UUID, status: str) -> None:
+        await self._conn.execute(
+            "UPDATE records.characters SET status=$2, updated_at=now() WHERE character_id=$1",
+            character_id,
+            status,
+        )
+
+    async def add_shot(self, event: ShotRequested, provider: str) -> None:
+        await self._conn.execute(
+            """INSERT INTO records.shots (shot_id, character_id, tenant_id, status, params, provider, requested_at)
+               VALUES ($1, $2, $3, 'requested', $4::text::jsonb, $5, $6) ON CONFLICT (shot_id) DO NOTHING""",
+            event.shot_id,
+            event.character_id,
+            event.tenant_id,
+            event.params.model_dump_json(),
+            provider,
+            event.occurred_at,
+        )
+
+    async def shot_exists(self, shot_id: UUID) -> bool:
+        return await self._conn.fetchval("SELECT 1 FROM records.shots WHERE shot_id=$1", shot_id) is not None
+
+    async def mark_shot_stored(self, event: ShotGenerated) -> str | None:
+        prompt = await self._conn.fetchval(
+            """UPDATE records.shots SET status='stored', image=$2::text::jsonb, latency_ms=$3, cost_usd=$4,
+                   attempts=$5, simulation=$6::text::jsonb, provider=$7, stored_at=now()
+               WHERE shot_id=$1 AND status IN ('requested', 'stored')
+               RETURNING params->>'prompt'""",
+            event.shot_id,
+            event.image.model_dump_json(),
+            event.latency_ms,
+            event.cost_usd,
+            event.attempts,
+            None if event.simulation is None else event.simulation.model_dump_json(),
+            event.provider,
+        )
+        return None if prompt is None else str(prompt)
+
+    async def add_score(self, event: ShotScored) -> None:
+        score = event.score
+        await self._conn.execute(
+            """INSERT INTO records.scores
+                   (shot_id, event_id, scorer_version, verdict, face_distance, clip_similarity, score, scored_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8)
+               ON CONFLICT DO NOTHING""",
+            event.shot_id,
+            event.event_id,
+            score.scorer_version,
+            score.verdict,
+            None if score.face is None else score.face.distance,
+            score.clip.image_similarity,
+            score.model_dump_json(),
+            event.occurred_at,
+        )
+        await self._conn.execute(
+            "UPDATE records.shots SET status='scored', finished_at=now() WHERE shot_id=$1 AND status <> 'failed'",
+            event.shot_id,
+        )
+
+    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None:
+        await self._conn.execute(
+            """UPDATE records.shots SET status='failed', failure_stage=$2, failure_reason=$3, finished_at=now()
+               WHERE shot_id=$1 AND status <> 'scored'""",
+            shot_id,
+            stage,
+            reason,
+        )
+
+    async def shot_counts(self, character_id: UUID) -> ShotCounts:
+        row = await self._conn.fetchrow(
+            """SELECT count(*) AS total,
+                      count(*) FILTER (WHERE status='scored') AS scored,
+                      count(*) FILTER (WHERE status='failed') AS failed
+               FROM records.shots WHERE character_id=$1""",
+            character_id,
+        )
+        verdict_rows = await self._conn.fetch(
+            """SELECT DISTINCT ON (s.shot_id) s.shot_id, sc.verdict
+               FROM records.shots s JOIN records.scores sc USING (shot_id)
+               WHERE s.character_id=$1 ORDER BY s.shot_id, sc.scored_at DESC""",
+            character_id,
+        )
+        verdicts: dict[str, int] = {}
+        for verdict_row in verdict_rows:
+            verdicts[verdict_row["verdict"]] = verdicts.get(verdict_row["verdict"], 0) + 1
+        assert row is not None
+        return ShotCounts(total=row["total"], scored=row["scored"], failed=row["failed"], verdicts=verdicts)
+
+    async def log_events(self, events: list[Event], character_id: UUID) -> None:
+        await self._conn.executemany(
+            """INSERT INTO records.event_log (event_id, tenant_id, character_id, type, payload, occurred_at)
+               VALUES ($1, $2, $3, $4, $5::text::jsonb, $6) ON CONFLICT (event_id) DO NOTHING""",
+            [
+                (
+                    e.event_id,
+                    e.tenant_id,
+                    character_id,
+                    e.type,
+                    json.dumps(e.model_dump(mode="json")),
+                    e.occurred_at,
+                )
+                for e in events
+            ],
+        )

@@ -1,0 +1,117 @@
+"""Storage's logic: keep the system of record and say what became true. No I/O libraries here."""
+
+from __future__ import annotations
+
+from contracts import (
+    CharacterCompleted,
+    CharacterRequested,
+    Event,
+    IdentityFailed,
+    IdentityProgress,
+    IdentityReady,
+    ReferencesStored,
+    ShotFailed,
+    ShotGenerated,
+    ShotRequested,
+    ShotScored,
+    ShotStored,
+)
+from services.storage.ports import Records
+
+
+class ShotNotRecordedYet(Exception):
+    """A provider finished a shot before this service recorded the request: try again shortly."""
+
+
+async def on_character_requested(event: CharacterRequested, *, records: Records) -> list[Event]:
+    await records.add_character(event)
+    return [
+        ReferencesStored.follow(
+            event,
+            character_id=event.character_id,
+            strategy=event.strategy,
+            provider=event.provider,
+            references=event.references,
+        )
+    ]
+
+
+async def on_identity_progress(event: IdentityProgress, *, records: Records) -> list[Event]:
+    await records.set_identity_progress(event.character_id, event.percent)
+    return []
+
+
+async def on_identity_ready(event: IdentityReady, *, records: Records) -> list[Event]:
+    await records.mark_identity_ready(event)
+    return []
+
+
+async def on_identity_failed(event: IdentityFailed, *, records: Records) -> list[Event]:
+    await records.mark_identity_failed(event.character_id, event.reason)
+    return []
+
+
+async def on_shot_requested(event: ShotRequested, *, records: Records) -> list[Event]:
+    character = await records.character(event.character_id, lock=True)
+    if character is None or character.tenant_id != event.tenant_id:
+        return [
+            ShotFailed.follow(
+                event,
+                shot_id=event.shot_id,
+                character_id=event.character_id,
+                stage="request",
+                reason=f"character {event.character_id} does not exist for this tenant",
+            )
+        ]
+    await records.add_shot(event, character.provider)
+    if character.status == "completed":
+        await records.set_character_status(event.character_id, "ready")
+    return []
+
+
+async def on_shot_generated(event: ShotGenerated, *, records: Records) -> list[Event]:
+    prompt = await records.mark_shot_stored(event)
+    if prompt is None:
+        if await records.shot_exists(event.shot_id):
+            return []  # already scored or failed: a late duplicate changes nothing
+        raise ShotNotRecordedYet(f"shot {event.shot_id} generated before its request was recorded")
+    return [
+        ShotStored.follow(
+            event,
+            shot_id=event.shot_id,
+            character_id=event.character_id,
+            prompt=prompt,
+            image=event.image,
+            references=await records.references(event.character_id),
+        )
+    ]
+
+
+async def on_shot_scored(event: ShotScored, *, records: Records) -> list[Event]:
+    await records.character(event.character_id, lock=True)  # serialise completion checks per character
+    await records.add_score(event)
+    return await _completion(event, records)
+
+
+async def on_shot_failed(event: ShotFailed, *, records: Records) -> list[Event]:
+    if await records.character(event.character_id, lock=True) is None:
+        return []
+    await records.mark_shot_failed(event.shot_id, event.stage, event.reason)
+    return await _completion(event, records)
+
+
+async def _completion(cause: ShotScored | ShotFailed, records: Records) -> list[Event]:
+    counts = await records.shot_counts(cause.character_id)
+    if counts.total == 0 or counts.open > 0:
+        return []
+    await records.set_character_status(cause.character_id, "completed")
+    return [
+        CharacterCompleted.follow(
+            cause,
+            character_id=cause.character_id,
+            shots_total=counts.total,
+            shots_scored=counts.scored,
+            shots_failed=counts.failed,
+            verdicts=counts.verdicts,
+        )
+    ]

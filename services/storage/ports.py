@@ -1,0 +1,69 @@
+"""What the storage handlers need from the system of record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from contracts import (
+    CharacterRequested,
+    Event,
+    IdentityReady,
+    ImageRef,
+    ShotGenerated,
+    ShotRequested,
+    ShotScored,
+)
+
+
+@dataclass(frozen=True)
+class CharacterRecord:
+    character_id: UUID
+    tenant_id: str
+    provider: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ShotCounts:
+    total: int
+    scored: int
+    failed: int
+    verdicts: dict[str, int]
+
+    @property
+    def open(self) -> int:
+        return self.total - self.scored - self.failed
+
+
+class Records(Protocol):
+    async def add_character(self, event: CharacterRequested) -> None: ...
+
+    async def character(self, character_id: UUID, *, lock: bool = False) -> CharacterRecord | None: ...
+
+    async def references(self, character_id: UUID) -> list[ImageRef]: ...
+
+    async def set_identity_progress(self, character_id: UUID, percent: float) -> None: ...
+
+    async def mark_identity_ready(self, event: IdentityReady) -> None: ...
+
+    async def mark_identity_failed(self, character_id: UUID, reason: str) -> None: ...
+
+    async def set_character_status(self, character_id: UUID, status: str) -> None: ...
+
+    async def add_shot(self, event: ShotRequested, provider: str) -> None: ...
+
+    async def shot_exists(self, shot_id: UUID) -> bool: ...
+
+    async def mark_shot_stored(self, event: ShotGenerated) -> str | None:
+        """Record the image; return the shot's prompt, or None when the shot is unknown."""
+        ...
+
+    async def add_score(self, event: ShotScored) -> None: ...
+
+    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None: ...
+
+    async def shot_counts(self, character_id: UUID) -> ShotCounts: ...
+
+    async def log_events(self, events: list[Event], character_id: UUID) -> None: ...

@@ -1,0 +1,83 @@
+"""Storage's subscribers: one durable pull consumer per event it records."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+from faststream.nats import NatsMessage, NatsRouter
+
+from contracts import (
+    CharacterRequested,
+    Event,
+    IdentityFailed,
+    IdentityProgress,
+    IdentityReady,
+    ShotFailed,
+    ShotGenerated,
+    ShotRequested,
+    ShotScored,
+)
+from infra.bus import RetryLater, settle, subscribe
+from infra.runtime import Runtime
+from services.storage import handlers
+from services.storage.adapters.records import PostgresRecords
+from services.storage.ports import Records
+
+E = TypeVar("E", bound=Event)
+E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
+
+
+class StorageHandler(Protocol[E_contra]):
+    def __call__(self, event: E_contra, /, *, records: Records) -> Awaitable[list[Event]]: ...
+
+
+def build_router(runtime: Runtime) -> NatsRouter:
+    router = NatsRouter()
+
+    async def record(event: E, name: str, handler: StorageHandler[E]) -> None:
+        """One transaction: claim the event, update the records, log it, outbox what follows."""
+        async with runtime.delivery.unit_of_work(event, runtime.delivery.consumer(name)) as work:
+            if work.already_done:
+                return
+            records = PostgresRecords(work.conn)
+            try:
+                emitted = await handler(event, records=records)
+            except handlers.ShotNotRecordedYet as early:
+                raise RetryLater(str(early), delay_s=0.5) from early
+            await records.log_events([event, *emitted], event.correlation_id)
+            work.emit(*emitted)
+
+    @subscribe(router, CharacterRequested, "storage-character-requested")
+    async def on_character_requested(event: CharacterRequested, msg: NatsMessage) -> None:
+        await settle(msg, record(event, "character-requested", handlers.on_character_requested))
+
+    @subscribe(router, IdentityProgress, "storage-identity-progress")
+    async def on_identity_progress(event: IdentityProgress, msg: NatsMessage) -> None:
+        await settle(msg, record(event, "identity-progress", handlers.on_identity_progress))
+
+    @subscribe(router, IdentityReady, "storage-identity-ready")
+    async def on_identity_ready(event: IdentityReady, msg: NatsMessage) -> None:
+        await settle(msg, record(event, "identity-ready", handlers.on_identity_ready))
+
+    @subscribe(router, IdentityFailed, "storage-identity-failed")
+    async def on_identity_failed(event: IdentityFailed, msg: NatsMessage) -> None:
+        await settle(msg, record(event, "identity-failed", handlers.on_identity_failed))
+
+    @subscribe(router, ShotRequested, "storage-shot-requested")
+    async def on_shot_requested(event: ShotRequested, msg: NatsMessage) -> None:
+        await settle(msg, record(event, "shot-requested", handlers.on_shot_requested))
+
+    @subscribe(router, ShotGenerated, "storage-shot-generated")
+    async def on_shot_generated(event: ShotGenerated, msg: NatsMessage) -> None:
+        await settle(msg, record(event, "shot-generated", handlers.on_shot_generated))
+
+    @subscribe(router, ShotScored, "storage-shot-scored")
+    async def on_shot_scored(event: ShotScored, msg: NatsMessage) -> None:
+        await settle(msg, record(event, "shot-scored", handlers.on_shot_scored))
+
+    @subscribe(router, ShotFailed, "storage-shot-failed")
+    async def on_shot_failed(event: ShotFailed, msg: NatsMessage) -> None:
+        await settle(msg, record(event, "shot-failed", handlers.on_shot_failed))
+
+    return router

@@ -1,0 +1,140 @@
+"""Hand-written fakes of the services' ports, for unit tests (no I/O)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+from uuid import UUID
+
+from contracts import (
+    CharacterRequested,
+    Event,
+    IdentityReady,
+    ImageRef,
+    ShotGenerated,
+    ShotRequested,
+    ShotScored,
+)
+from services.provider_adapter.ports import IdentityRecord
+from services.storage.ports import CharacterRecord, ShotCounts
+
+
+def image_ref(tenant: str = "studio", seed: int = 0) -> ImageRef:
+    sha = uuid.UUID(int=seed).hex * 2
+    return ImageRef(
+        key=f"{tenant}/images/{sha}", sha256=sha, content_type="image/png", width=512, height=512, size_bytes=1000
+    )
+
+
+@dataclass
+class FakeRecords:
+    """storage.ports.Records in memory."""
+
+    characters: dict[UUID, dict[str, Any]] = field(default_factory=dict)
+    refs: dict[UUID, list[ImageRef]] = field(default_factory=dict)
+    shots: dict[UUID, dict[str, Any]] = field(default_factory=dict)
+    scores: list[ShotScored] = field(default_factory=list)
+    log: list[Event] = field(default_factory=list)
+
+    async def add_character(self, event: CharacterRequested) -> None:
+        self.characters.setdefault(
+            event.character_id,
+            {"tenant_id": event.tenant_id, "provider": event.provider, "status": "building_identity"},
+        )
+        self.refs.setdefault(event.character_id, list(event.references))
+
+    async def character(self, character_id: UUID, *, lock: bool = False) -> CharacterRecord | None:
+        row = self.characters.get(character_id)
+        return None if row is None else CharacterRecord(character_id=character_id, **row)
+
+    async def references(self, character_id: UUID) -> list[ImageRef]:
+        return self.refs[character_id]
+
+    async def set_identity_progress(self, character_id: UUID, percent: float) -> None:
+        self.characters[character_id]["percent"] = percent
+
+    async def mark_identity_ready(self, event: IdentityReady) -> None:
+        self.characters[event.character_id]["status"] = "ready"
+
+    async def mark_identity_failed(self, character_id: UUID, reason: str) -> None:
+        self.characters[character_id]["status"] = "identity_failed"
+
+    async def set_character_status(self, character_id: UUID, status: str) -> None:
+        self.characters[character_id]["status"] = status
+
+    async def add_shot(self, event: ShotRequested, provider: str) -> None:
+        self.shots.setdefault(
+            event.shot_id,
+            {"character_id": event.character_id, "status": "requested", "prompt": event.params.prompt},
+        )
+
+    async def shot_exists(self, shot_id: UUID) -> bool:
+        return shot_id in self.shots
+
+    async def mark_shot_stored(self, event: ShotGenerated) -> str | None:
+        shot = self.shots.get(event.shot_id)
+        if shot is None or shot["status"] not in ("requested", "stored"):
+            return None
+        shot["status"] = "stored"
+        return str(shot["prompt"])
+
+    async def add_score(self, event: ShotScored) -> None:
+        self.scores.append(event)
+        if self.shots[event.shot_id]["status"] != "failed":
+            self.shots[event.shot_id]["status"] = "scored"
+            self.shots[event.shot_id]["verdict"] = event.score.verdict
+
+    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None:
+        if shot_id in self.shots and self.shots[shot_id]["status"] != "scored":
+            self.shots[shot_id]["status"] = "failed"
+
+    async def shot_counts(self, character_id: UUID) -> ShotCounts:
+        mine = [s for s in self.shots.values() if s["character_id"] == character_id]
+        verdicts: dict[str, int] = {}
+        for shot in mine:
+            if "verdict" in shot:
+                verdicts[shot["verdict"]] = verdicts.get(shot["verdict"], 0) + 1
+        return ShotCounts(
+            total=len(mine),
+            scored=sum(s["status"] == "scored" for s in mine),
+            failed=sum(s["status"] == "failed" for s in mine),
+            verdicts=verdicts,
+        )
+
+    async def log_events(self, events: list[Event], character_id: UUID) -> None:
+        self.log.extend(events)
+
+
+@dataclass
+class FakeIdentities:
+    """provider_adapter.ports.Identities in memory."""
+
+    rows: dict[UUID, IdentityRecord] = field(default_factory=dict)
+    waiting: dict[UUID, list[ShotRequested]] = field(default_factory=dict)
+
+    async def lock(self, character_id: UUID, tenant_id: str) -> IdentityRecord:
+        return self.rows.setdefault(
+            character_id,
+            IdentityRecord(character_id, tenant_id, None, "awaiting_references", None, None, [], None),
+        )
+
+    async def begin(self, character_id: UUID, provider: str, strategy: str, references: list[ImageRef]) -> None:
+        row = self.rows[character_id]
+        if row.status == "awaiting_references":
+            self.rows[character_id] = replace(row, provider=provider, status="pending", references=references)
+
+    async def set_job_id(self, character_id: UUID, job_id: str) -> None:
+        self.rows[character_id] = replace(self.rows[character_id], job_id=job_id)
+
+    async def mark_ready(self, character_id: UUID, identity_ref: str) -> None:
+        self.rows[character_id] = replace(self.rows[character_id], status="ready", identity_ref=identity_ref)
+
+    async def mark_failed(self, character_id: UUID, reason: str) -> None:
+        self.rows[character_id] = replace(self.rows[character_id], status="failed", failure=reason)
+
+    async def add_waiting(self, shot: ShotRequested) -> None:
+        self.waiting.setdefault(shot.character_id, []).append(shot)
+
+    async def take_waiting(self, character_id: UUID) -> list[ShotRequested]:
+        return self.waiting.pop(character_id, [])

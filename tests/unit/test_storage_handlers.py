@@ -1,0 +1,128 @@
+import uuid
+
+import pytest
+
+from contracts import (
+    CharacterCompleted,
+    CharacterRequested,
+    ClipScore,
+    FaceScore,
+    ReferencesStored,
+    ShotFailed,
+    ShotGenerated,
+    ShotParams,
+    ShotRequested,
+    ShotScore,
+    ShotScored,
+    ShotStored,
+)
+from services.storage import handlers
+from tests.fakes import FakeRecords, image_ref
+
+
+def character_requested(tenant: str = "studio") -> CharacterRequested:
+    character_id = uuid.uuid4()
+    return CharacterRequested(
+        correlation_id=character_id,
+        tenant_id=tenant,
+        character_id=character_id,
+        name="Sarah",
+        strategy="instant_reference",
+        provider="sim",
+        references=[image_ref(tenant)],
+    )
+
+
+def shot_requested(character: CharacterRequested, tenant: str | None = None) -> ShotRequested:
+    return ShotRequested(
+        correlation_id=character.character_id,
+        tenant_id=tenant or character.tenant_id,
+        shot_id=uuid.uuid4(),
+        character_id=character.character_id,
+        params=ShotParams(prompt="close-up"),
+    )
+
+
+def generated(shot: ShotRequested) -> ShotGenerated:
+    return ShotGenerated.follow(
+        shot,
+        shot_id=shot.shot_id,
+        character_id=shot.character_id,
+        provider="sim",
+        image=image_ref(seed=7),
+        latency_ms=10,
+        cost_usd=0.04,
+        attempts=1,
+    )
+
+
+def scored(stored: ShotStored, verdict: str = "same") -> ShotScored:
+    score = ShotScore(
+        verdict=verdict,  # type: ignore[arg-type]
+        face=FaceScore(faces_found=1, distance=0.3, mean_distance=0.3, same_below=0.6, model="dlib"),
+        clip=ClipScore(image_similarity=0.9, calibrated=False, model="clip"),
+        scorer_version="test",
+        scoring_ms=1,
+    )
+    return ShotScored.follow(stored, shot_id=stored.shot_id, character_id=stored.character_id, score=score)
+
+
+async def test_a_requested_character_is_recorded_and_its_references_announced() -> None:
+    records = FakeRecords()
+    event = character_requested()
+    emitted = await handlers.on_character_requested(event, records=records)
+    assert [type(e) for e in emitted] == [ReferencesStored]
+    assert emitted[0].references == event.references
+    assert event.character_id in records.characters
+
+
+async def test_a_shot_for_another_tenants_character_fails_and_is_not_recorded() -> None:
+    records = FakeRecords()
+    character = character_requested("studio-a")
+    await handlers.on_character_requested(character, records=records)
+    intruder = shot_requested(character, tenant="studio-b")
+    emitted = await handlers.on_shot_requested(intruder, records=records)
+    assert [type(e) for e in emitted] == [ShotFailed]
+    assert intruder.shot_id not in records.shots
+
+
+async def test_a_generated_shot_before_its_request_is_recorded_is_retried_later() -> None:
+    records = FakeRecords()
+    character = character_requested()
+    await handlers.on_character_requested(character, records=records)
+    shot = shot_requested(character)
+    with pytest.raises(handlers.ShotNotRecordedYet):
+        await handlers.on_shot_generated(generated(shot), records=records)
+
+
+async def test_the_last_scored_shot_completes_the_character_once() -> None:
+    records = FakeRecords()
+    character = character_requested()
+    await handlers.on_character_requested(character, records=records)
+    shots = [shot_requested(character) for _ in range(2)]
+    stored_events = []
+    for shot in shots:
+        await handlers.on_shot_requested(shot, records=records)
+        [stored] = await handlers.on_shot_generated(generated(shot), records=records)
+        assert isinstance(stored, ShotStored)
+        assert stored.prompt == "close-up"
+        stored_events.append(stored)
+    assert await handlers.on_shot_scored(scored(stored_events[0]), records=records) == []
+    completed = await handlers.on_shot_scored(scored(stored_events[1], "different"), records=records)
+    assert [type(e) for e in completed] == [CharacterCompleted]
+    assert isinstance(completed[0], CharacterCompleted)
+    assert completed[0].shots_scored == 2
+    assert completed[0].verdicts == {"same": 1, "different": 1}
+
+
+async def test_a_late_duplicate_generation_after_scoring_changes_nothing() -> None:
+    records = FakeRecords()
+    character = character_requested()
+    await handlers.on_character_requested(character, records=records)
+    shot = shot_requested(character)
+    await handlers.on_shot_requested(shot, records=records)
+    [stored] = await handlers.on_shot_generated(generated(shot), records=records)
+    assert isinstance(stored, ShotStored)
+    await handlers.on_shot_scored(scored(stored), records=records)
+    assert await handlers.on_shot_generated(generated(shot), records=records) == []
+    assert records.shots[shot.shot_id]["status"] == "scored"
