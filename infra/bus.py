@@ -41,7 +41,8 @@ class RetryLater(Exception):
 
 
 def create_broker(nats_url: str, *, name: str) -> NatsBroker:
-    return NatsBroker(nats_url, name=f"likeness-{name}", graceful_timeout=15.0, logger=log)
+    # per-message logs at DEBUG: the handlers log what matters, with ids
+    return NatsBroker(nats_url, name=f"likeness-{name}", graceful_timeout=15.0, logger=log, log_level=logging.DEBUG)
 
 
 def consumer(
@@ -51,9 +52,11 @@ def consumer(
     ack_wait_s: float = 60.0,
     max_deliver: int = 30,
     batch_size: int = 4,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Subscriber arguments for a durable pull consumer that replicas of a service share."""
     return {
+        **extra,
         "subject": event.subject,
         "stream": STREAM,
         "durable": durable,
@@ -107,9 +110,9 @@ async def declare_stream(broker: NatsBroker) -> None:
     """Create or update the one stream (idempotent); every service calls it before publishing."""
     js = broker.config.connection_state.stream
     try:
-        await js.add_stream(config=STREAM.config)
+        await js.add_stream(config=STREAM.config, subjects=list(STREAM_SUBJECTS))
     except BadRequestError:
-        await js.update_stream(config=STREAM.config)
+        await js.update_stream(config=STREAM.config, subjects=list(STREAM_SUBJECTS))
     log.info("stream %s ready", STREAM_NAME)
 
 

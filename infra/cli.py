@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(help="Likeness: consistent character identity across AI-generated shots.", no_args_is_help=True)
-console = Console()
+# Piped or captured output has no terminal width to follow; a results table needs room.
+console = Console() if Console().is_terminal else Console(width=150)
 
 DATA_DIR_HELP = "Where the stack keeps its data (NATS streams, PostgreSQL, images)."
 
@@ -42,11 +43,10 @@ def demo(
 
     result = run_demo(_project_dir(), console, timeout_s=timeout)
     console.print(report.results_table(result.character))
-    summary = report.summary(result.character)
-    console.print(f"summary: {summary}")
     console.print(f"CSV:  {result.csv_path}")
     console.print(f"HTML: {result.html_path}")
-    console.print(f"demo wall time {result.wall_s:.1f} s")
+    memory = ", ".join(f"{name} {mb:.0f} MB" for name, mb in result.service_rss_mb.items())
+    console.print(f"demo wall time {result.wall_s:.1f} s; resident memory: {memory}")
 
 
 @app.command()
@@ -69,7 +69,11 @@ def up(
     api_key = _api_key(data_dir)
     services = ServiceSet(
         data_dir,
-        {**endpoints.env(), "LIKENESS_GATEWAY_PORT": str(gateway_port), "LIKENESS_GATEWAY_API_KEYS": f"local:{api_key}"},
+        {
+            **endpoints.env(),
+            "LIKENESS_GATEWAY_PORT": str(gateway_port),
+            "LIKENESS_GATEWAY_API_KEYS": f"local:{api_key}",
+        },
     )
     try:
         services.start_all()

@@ -87,6 +87,7 @@ def worker_app(
     app = FastStream(
         runtime.broker,
         lifespan=lifespan,
+        logger=log,
         specification=AsyncAPI(title=title, version="1.0.0", description=f"Likeness {runtime.service} service"),
     )
 

@@ -67,7 +67,7 @@ async def create_character(
         filename = upload.filename or "upload"
         try:
             data = await read_limited(upload, limits.max_bytes, filename=filename)
-            validated.append(validate_reference(filename, data, limits))
+            validated.append(await asyncio.to_thread(validate_reference, filename, data, limits))
         except ImageRejected as rejected:
             code = _STATUS_FOR_REASON.get(rejected.reason, status.HTTP_422_UNPROCESSABLE_CONTENT)
             raise HTTPException(code, {"reason": rejected.reason, "file": filename, "message": str(rejected)}) from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 from PIL import Image
@@ -17,14 +17,20 @@ class ReferenceSet(Protocol):
     def to_bytes(self) -> bytes: ...
 
 
-class AsyncScorer(Protocol):
-    version: str
+R = TypeVar("R", bound=ReferenceSet)
 
-    async def embed_references(self, images: list[Image.Image]) -> ReferenceSet: ...
 
-    def references_from_bytes(self, data: bytes) -> ReferenceSet: ...
+class AsyncScorer(Protocol[R]):
+    """The models, behind an async face: CPU work happens off the event loop."""
 
-    async def score(self, shot: Image.Image, references: ReferenceSet) -> ShotScore: ...
+    @property
+    def version(self) -> str: ...
+
+    async def embed_references(self, images: list[Image.Image]) -> R: ...
+
+    def references_from_bytes(self, data: bytes) -> R: ...
+
+    async def score(self, shot: Image.Image, references: R) -> ShotScore: ...
 
 
 class ImageSource(Protocol):
@@ -42,8 +48,8 @@ def references_digest(references: list[ImageRef]) -> str:
 
 
 async def reference_embeddings(
-    event: ShotStored, *, scorer: AsyncScorer, images: ImageSource, cache: EmbeddingCache
-) -> ReferenceSet:
+    event: ShotStored, *, scorer: AsyncScorer[R], images: ImageSource, cache: EmbeddingCache
+) -> R:
     """From the shared cache when another shot of the character computed them; else compute and share."""
     digest = references_digest(event.references)
     cached = await cache.get(event.character_id, scorer.version, digest)
@@ -55,7 +61,7 @@ async def reference_embeddings(
 
 
 async def score_shot(
-    event: ShotStored, *, scorer: AsyncScorer, images: ImageSource, cache: EmbeddingCache
+    event: ShotStored, *, scorer: AsyncScorer[R], images: ImageSource, cache: EmbeddingCache
 ) -> ShotScored:
     references = await reference_embeddings(event, scorer=scorer, images=images, cache=cache)
     score = await scorer.score(await images.load(event.image), references)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from faststream.nats import NatsMessage, NatsRouter
 
 from contracts import ShotStored
@@ -11,7 +13,7 @@ from services.scoring import handlers
 from services.scoring.adapters.store import PostgresEmbeddingCache, StoredImages
 
 
-def build_router(runtime: Runtime, scorer: handlers.AsyncScorer) -> NatsRouter:
+def build_router(runtime: Runtime, scorer: handlers.AsyncScorer[Any]) -> NatsRouter:
     router = NatsRouter()
 
     async def score(event: ShotStored) -> None:

@@ -22,7 +22,7 @@ class PostgresIdentities:
             tenant_id,
         )
         row = await self._conn.fetchrow(
-            """SELECT character_id, tenant_id, provider, status, job_id, identity_ref, references, failure
+            """SELECT character_id, tenant_id, provider, status, job_id, identity_ref, reference_images, failure
                FROM provider.identities WHERE character_id=$1 FOR UPDATE""",
             character_id,
         )
@@ -34,13 +34,13 @@ class PostgresIdentities:
             status=row["status"],
             job_id=row["job_id"],
             identity_ref=row["identity_ref"],
-            references=[ImageRef.model_validate(r) for r in row["references"] or []],
+            references=[ImageRef.model_validate(r) for r in row["reference_images"] or []],
             failure=row["failure"],
         )
 
     async def begin(self, character_id: UUID, provider: str, strategy: str, references: list[ImageRef]) -> None:
         await self._conn.execute(
-            """UPDATE provider.identities SET provider=$2, strategy=$3, references=$4::text::jsonb,
+            """UPDATE provider.identities SET provider=$2, strategy=$3, reference_images=$4::text::jsonb,
                    status='pending', updated_at=now()
                WHERE character_id=$1 AND status='awaiting_references'""",
             character_id,

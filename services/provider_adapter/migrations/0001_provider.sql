@@ -10,7 +10,7 @@ CREATE TABLE provider.identities (
     status       text NOT NULL,   -- awaiting_references | pending | ready | failed
     job_id       text,            -- the provider's job id, saved before waiting on it
     identity_ref text,
-    references   jsonb,           -- list of contracts.ImageRef
+    reference_images jsonb,       -- list of contracts.ImageRef
     failure      text,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()

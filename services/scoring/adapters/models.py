@@ -16,7 +16,9 @@ from services.scoring.settings import ScoringSettings
 class ThreadedScorer:
     """Implements handlers.AsyncScorer. `load()` must run (once) before the first message."""
 
-    version = SCORER_VERSION
+    @property
+    def version(self) -> str:
+        return SCORER_VERSION
 
     def __init__(self, settings: ScoringSettings) -> None:
         self._settings = settings
@@ -50,6 +52,6 @@ class ThreadedScorer:
     def references_from_bytes(self, data: bytes) -> ReferenceEmbeddings:
         return ReferenceEmbeddings.from_bytes(data)
 
-    async def score(self, shot: Image.Image, references: ReferenceEmbeddings) -> ShotScore:  # type: ignore[override]
+    async def score(self, shot: Image.Image, references: ReferenceEmbeddings) -> ShotScore:
         async with self._lock:
             return await asyncio.to_thread(self.scorer.score, shot, references)

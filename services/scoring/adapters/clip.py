@@ -1,0 +1,155 @@
+"""Whole-image embeddings with open_clip: random weights by default, real ones from a local file.
+
+Model hubs are unreachable where Likeness runs its tests, so real weights are a deployment
+setting (a file path, or a hub tag already in the local Hugging Face cache), never a test
+dependency. With random weights the embeddings are deterministic but meaningless, and every
+score made with them says `calibrated=False`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import open_clip
+import torch
+from PIL import Image
+
+from services.scoring.adapters.rgb import to_rgb
+from services.scoring.ports import ModelWeightsUnavailable
+
+_WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
+
+
+class OpenClipImageEmbedder:
+    """An open_clip image tower behind the ImageEmbedder port.
+
+    `weights`:
+    - None: random initialisation, seeded with `seed` (same weights, same scores, every run);
+      `calibrated` is False.
+    - a path to an existing file: loaded from that file; `calibrated` is True.
+    - anything else: an open_clip pretrained tag (e.g. "laion2b_s34b_b79k"). With `offline`
+      (the default) it must already be in the local Hugging Face cache, and a miss fails at
+      once instead of after ~46 s of retries.
+
+    `threads` sets torch's intra-op thread count for the whole process (a torch global).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "ViT-B-32",
+        weights: str | None = None,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        offline: bool = True,
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError("threads must be >= 1")
+            torch.set_num_threads(threads)
+        self._architecture = model_name
+        self._device = torch.device(device)
+        self._batch_size = batch_size
+        if weights is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model, preprocess = _create(model_name, None, device)
+            self._weights_label = "random weights, uncalibrated"
+            self._calibrated = False
+        elif Path(weights).is_file():
+            model, preprocess = _load(model_name, weights, device, offline=offline)
+            self._weights_label = Path(weights).name
+            self._calibrated = True
+        elif weights.endswith(_WEIGHT_FILE_SUFFIXES) or os.sep in weights:
+            raise ModelWeightsUnavailable(
+                f"open_clip weights {weights!r} is not an existing file. Download the {model_name} "
+                "checkpoint on a machine with internet access, copy it here and pass its path."
+            )
+        else:
+            model, preprocess = _load(model_name, weights, device, offline=offline)
+            self._weights_label = weights
+            self._calibrated = True
+        model.eval()
+        self._model: Any = model
+        self._preprocess: Any = preprocess
+        self._dimension = int(model.visual.output_dim)
+
+    @property
+    def model_name(self) -> str:
+        return f"open_clip {self._architecture} ({self._weights_label})"
+
+    @property
+    def calibrated(self) -> bool:
+        return self._calibrated
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def embed(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        rows: list[npt.NDArray[np.float32]] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self._batch_size):
+                batch = torch.stack(
+                    [self._preprocess(to_rgb(image)) for image in images[start : start + self._batch_size]]
+                ).to(self._device)
+                features = self._model.encode_image(batch, normalize=True)
+                rows.append(features.float().cpu().numpy())
+        if not rows:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+
+
+def _create(model_name: str, pretrained: str | None, device: str) -> tuple[Any, Any]:
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+    return model, preprocess
+
+
+def _load(model_name: str, weights: str, device: str, *, offline: bool) -> tuple[Any, Any]:
+    try:
+        with _hub_offline(offline):
+            return _create(model_name, weights, device)
+    except Exception as error:
+        where = "the local Hugging Face cache (offline)" if offline else "the model hub"
+        raise ModelWeightsUnavailable(
+            f"Cannot load open_clip {model_name} weights {weights!r} from "
+            f"{'that file' if Path(weights).is_file() else where}: {error}. Download the checkpoint "
+            "(open_clip_pytorch_model.bin or open_clip_model.safetensors) on a machine with "
+            "internet access, copy it here, and pass its file path as the weights setting."
+        ) from error
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Make huggingface_hub fail at once instead of retrying an unreachable hub.
+
+    The HF_HUB_OFFLINE variable is read when huggingface_hub is imported (open_clip imports
+    it), so setting it now is not enough: the module constant is switched too, then restored.
+    """
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    previous_env = os.environ.get("HF_HUB_OFFLINE")
+    previous_constant = constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous_constant
+        if previous_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous_env
