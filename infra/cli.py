@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -35,7 +36,7 @@ def _api_key(data_dir: Path) -> str:
 
 @app.command()
 def demo(
-    timeout: float = typer.Option(300.0, help="Give up if the shots are not all scored by then (seconds)."),
+    timeout: Annotated[float, typer.Option(help="Give up if the shots are not all scored by then (seconds).")] = 300.0,
 ) -> None:
     """Run the sample character through every service on the embedded stack, then print the results."""
     from infra import report
@@ -51,8 +52,8 @@ def demo(
 
 @app.command()
 def up(
-    data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
-    port: int = typer.Option(0, help="Gateway port (0: a free one)."),
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    port: Annotated[int, typer.Option(help="Gateway port (0: a free one).")] = 0,
 ) -> None:
     """Start the embedded stack and the four services in the background; `likeness down` stops them."""
     from infra.processes import ServiceSet
@@ -89,7 +90,7 @@ def up(
 
 
 @app.command()
-def down(data_dir: Path = typer.Option(None, help=DATA_DIR_HELP)) -> None:
+def down(data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None) -> None:
     """Stop what `likeness up` started (services first, then NATS, PostgreSQL and the object store)."""
     from infra.processes import stop_recorded_services
     from infra.stack import stop_recorded_stack

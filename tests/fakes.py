@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
 
 from contracts import (
     CharacterRequested,
@@ -17,6 +23,7 @@ from contracts import (
     ShotScored,
 )
 from services.provider_adapter.ports import IdentityRecord
+from services.scoring.ports import FaceObservation
 from services.storage.ports import CharacterRecord, ShotCounts
 
 
@@ -138,3 +145,64 @@ class FakeIdentities:
 
     async def take_waiting(self, character_id: UUID) -> list[ShotRequested]:
         return self.waiting.pop(character_id, [])
+
+
+# --- scoring: models ---------------------------------------------------------------------------
+
+
+def pixels_key(image: Image.Image) -> str:
+    """Identifies an image by its pixels, so fakes answer the same for equal copies."""
+    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def swatch(seed: int, size: int = 8) -> Image.Image:
+    """A small image of its own: distinct seeds give distinct pixels."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+@dataclass
+class FakeFaceEmbedder:
+    """scoring.ports.FaceEmbedder: answers what a test registered for an image; no face otherwise."""
+
+    model_name: str = "fake-face-v1"
+    observations: dict[str, FaceObservation] = field(default_factory=dict)
+    observed: int = 0
+
+    def register(self, image: Image.Image, descriptor: Sequence[float] | None, faces_found: int = 1) -> None:
+        if descriptor is None:
+            self.observations[pixels_key(image)] = FaceObservation(faces_found=0, descriptor=None, box=None)
+            return
+        self.observations[pixels_key(image)] = FaceObservation(
+            faces_found=faces_found,
+            descriptor=np.asarray(descriptor, dtype=np.float32),
+            box=(0, 0, image.width, image.height),
+        )
+
+    def observe(self, image: Image.Image) -> FaceObservation:
+        self.observed += 1
+        return self.observations.get(pixels_key(image), FaceObservation(faces_found=0, descriptor=None, box=None))
+
+
+@dataclass
+class FakeImageEmbedder:
+    """scoring.ports.ImageEmbedder: registered vectors (normalised), else the first axis; records batches."""
+
+    model_name: str = "fake-clip-v1"
+    calibrated: bool = False
+    dimension: int = 4
+    vectors: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    batches: list[int] = field(default_factory=list)
+
+    def register(self, image: Image.Image, vector: Sequence[float]) -> None:
+        array = np.asarray(vector, dtype=np.float32)
+        assert array.shape == (self.dimension,)
+        self.vectors[pixels_key(image)] = array / np.linalg.norm(array)
+
+    def embed(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        self.batches.append(len(images))
+        default = np.eye(self.dimension, dtype=np.float32)[0]
+        rows = [self.vectors.get(pixels_key(image), default) for image in images]
+        return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)

@@ -77,3 +77,9 @@ def test_unknown_fields_and_bad_values_are_rejected() -> None:
 def test_events_round_trip_through_json() -> None:
     event = requested()
     assert CharacterRequested.model_validate_json(event.model_dump_json()) == event
+
+
+def test_committed_asyncapi_document_matches_the_services() -> None:
+    from contracts.snapshots import ASYNCAPI_PATH, asyncapi_document
+
+    assert ASYNCAPI_PATH.read_text() == asyncapi_document(), "run ./taskw schemas: the AsyncAPI document drifted"

@@ -8,13 +8,13 @@ from contracts import (
     ClipScore,
     FaceScore,
     ReferencesStored,
-    ShotFailed,
     ShotGenerated,
     ShotParams,
     ShotRequested,
     ShotScore,
     ShotScored,
     ShotStored,
+    Verdict,
 )
 from services.storage import handlers
 from tests.fakes import FakeRecords, image_ref
@@ -56,9 +56,9 @@ def generated(shot: ShotRequested) -> ShotGenerated:
     )
 
 
-def scored(stored: ShotStored, verdict: str = "same") -> ShotScored:
+def scored(stored: ShotStored, verdict: Verdict = "same") -> ShotScored:
     score = ShotScore(
-        verdict=verdict,  # type: ignore[arg-type]
+        verdict=verdict,
         face=FaceScore(faces_found=1, distance=0.3, mean_distance=0.3, same_below=0.6, model="dlib"),
         clip=ClipScore(image_similarity=0.9, calibrated=False, model="clip"),
         scorer_version="test",
@@ -71,8 +71,9 @@ async def test_a_requested_character_is_recorded_and_its_references_announced() 
     records = FakeRecords()
     event = character_requested()
     emitted = await handlers.on_character_requested(event, records=records)
-    assert [type(e) for e in emitted] == [ReferencesStored]
-    assert emitted[0].references == event.references
+    [announced] = emitted
+    assert isinstance(announced, ReferencesStored)
+    assert announced.references == event.references
     assert event.character_id in records.characters
 
 
@@ -82,7 +83,7 @@ async def test_a_shot_for_another_tenants_character_fails_and_is_not_recorded() 
     await handlers.on_character_requested(character, records=records)
     intruder = shot_requested(character, tenant="studio-b")
     emitted = await handlers.on_shot_requested(intruder, records=records)
-    assert [type(e) for e in emitted] == [ShotFailed]
+    assert [e.type for e in emitted] == ["ShotFailed"]
     assert intruder.shot_id not in records.shots
 
 
@@ -109,7 +110,7 @@ async def test_the_last_scored_shot_completes_the_character_once() -> None:
         stored_events.append(stored)
     assert await handlers.on_shot_scored(scored(stored_events[0]), records=records) == []
     completed = await handlers.on_shot_scored(scored(stored_events[1], "different"), records=records)
-    assert [type(e) for e in completed] == [CharacterCompleted]
+    assert [e.type for e in completed] == ["CharacterCompleted"]
     assert isinstance(completed[0], CharacterCompleted)
     assert completed[0].shots_scored == 2
     assert completed[0].verdicts == {"same": 1, "different": 1}

@@ -109,7 +109,7 @@ def drifts(seed: int, prompt: str, drift_rate: float) -> bool:
     """
     place = ((seed * _GOLDEN_32) % 2**32) / 2**32
     nudge = (_unit_hash("drift", " ".join(prompt.lower().split())) - 0.5) * 2 * _PROMPT_NUDGE
-    return _unit_hash("d", str(seed), prompt) < drift_rate
+    return (place + nudge) % 1.0 < drift_rate
 
 
 def fails(seed: int, attempt: int, failure_rate: float) -> bool:
@@ -140,8 +140,9 @@ class SimProvider:
     async def create_identity(self, request: IdentityRequest) -> str:
         if not request.references:
             raise PermanentProviderError("An identity needs at least one reference image; upload one.")
+        # Decoding is CPU work: keep it off the event loop. An unreadable reference fails the identity now.
         for index, reference in enumerate(request.references, start=1):
-            _decode_reference(reference.data, index)
+            await asyncio.to_thread(_decode_reference, reference.data, index)
         seconds = self._settings.identity_seconds * TRAINING_TIME_FACTOR[request.strategy]
         started_ms = round(self._clock() * 1000)
         return f"sim-{request.strategy}-{request.character_id.hex}-{started_ms}-{round(seconds * 1000)}"
@@ -197,7 +198,8 @@ class SimProvider:
         index = params.seed % len(request.references)
         drifted = drifts(params.seed, params.prompt, self._settings.drift_rate)
         if drifted:
-            # The stand-in keeps her own orientation: mirrored, her face reads closer to many references.
+            # The stand-in keeps her own orientation: mirrored, dlib puts her ~0.04 closer to the demo's
+            # astronaut reference, and a drifted shot should read as clearly someone else.
             source, mirror = sim_images.stand_in_face(), False
             origin = f"DRIFTED: a different person (Grace Hopper, public domain) instead of reference {index + 1}"
         else:

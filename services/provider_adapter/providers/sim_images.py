@@ -9,6 +9,7 @@ different real person (Grace Hopper, public domain, shipped with matplotlib).
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -149,7 +150,7 @@ def _close_up(
     image = _channel_gains(ImageEnhance.Color(image).enhance(1.1), (warmth, 1.0, 2.0 - warmth))
     image = _vignette(image, strength=0.25)
     return image, (
-        f"tight crop of {fraction:.0%} of the short side around ({cx:.2f}, {cy:.2f}), warmth {warmth:.2f}, vignette"
+        f"tight crop ({fraction:.0%} of the short side) around ({cx:.2f}, {cy:.2f}), warmth {warmth:.2f}, vignette"
     )
 
 
@@ -240,7 +241,7 @@ def _action(src: Image.Image, size: tuple[int, int], rng: np.random.Generator, m
     # A panning shot: the surroundings streak, the face (followed by the camera) stays almost sharp.
     streaks = _motion_blur(rotated, blur_px)
     face_r = 0.2 * min(src.size)
-    ramp = np.clip((_distance_from(rotated.shape, focus) - face_r) / (1.5 * face_r), 0.0, 1.0)
+    ramp = np.clip((_distance_from(rotated.shape, focus) - face_r) / face_r, 0.0, 1.0)
     panned = rotated + (streaks - rotated) * (0.1 + 0.9 * ramp)[..., None]
     left, top, right, bottom = _frame_box(src.size, size, fraction, (cx, cy))
     box = (left + pad, top + pad, right + pad, bottom + pad)
@@ -279,16 +280,14 @@ def _frame_box(
 ) -> tuple[float, float, float, float]:
     """A crop box with the output's aspect ratio inside the source, around `focus`.
 
-    Its short side is `fraction` of the source's short side (shrunk when the long side would not fit),
-    and it is shifted, never shrunk further, to stay inside the source.
+    Its area is that of a square `fraction` of the source's short side, whatever the aspect ratio
+    (shrunk when it would not fit), and it is shifted, never shrunk further, to stay inside the source.
     """
     src_w, src_h = src_size
     out_w, out_h = out_size
-    short = fraction * min(src_w, src_h)
-    if out_w <= out_h:
-        box_w, box_h = short, short * out_h / out_w
-    else:
-        box_w, box_h = short * out_w / out_h, short
+    side = fraction * min(src_w, src_h)
+    stretch = math.sqrt(out_w / out_h)
+    box_w, box_h = side * stretch, side / stretch
     shrink = min(1.0, src_w / box_w, src_h / box_h)
     box_w, box_h = box_w * shrink, box_h * shrink
     left = min(max(focus[0] * src_w - box_w / 2, 0.0), src_w - box_w)

@@ -9,7 +9,7 @@ from PIL import Image
 from contracts import ShotScore
 from services.scoring.adapters.clip import OpenClipImageEmbedder
 from services.scoring.adapters.face import DlibFaceEmbedder
-from services.scoring.scorer import SCORER_VERSION, ReferenceEmbeddings, Scorer, ScoringThresholds
+from services.scoring.scorer import ReferenceEmbeddings, Scorer, ScoringThresholds
 from services.scoring.settings import ScoringSettings
 
 
@@ -18,7 +18,8 @@ class ThreadedScorer:
 
     @property
     def version(self) -> str:
-        return SCORER_VERSION
+        """The reference-embedding cache key: scorer version and both models' names and weights."""
+        return self.scorer.embedding_version
 
     def __init__(self, settings: ScoringSettings) -> None:
         self._settings = settings

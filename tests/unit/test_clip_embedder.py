@@ -1,0 +1,98 @@
+"""OpenClipImageEmbedder on random ViT-B-32 weights (no weights can be downloaded here)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+from huggingface_hub import constants as hub_constants
+from PIL import Image
+
+from services.scoring.adapters.clip import OpenClipImageEmbedder
+from services.scoring.ports import ModelWeightsUnavailable
+from tests.sample_images import astronaut, grace_hopper, plain_gray
+
+
+@pytest.fixture(scope="module")
+def embedder() -> OpenClipImageEmbedder:
+    return OpenClipImageEmbedder("ViT-B-32", weights=None)
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    return [astronaut(), grace_hopper(), plain_gray(64)]
+
+
+def test_random_weights_say_they_are_uncalibrated(embedder: OpenClipImageEmbedder) -> None:
+    assert embedder.calibrated is False
+    assert embedder.model_name == "open_clip ViT-B-32 (random weights, uncalibrated)"
+
+
+def test_embeddings_are_unit_float32_rows_in_order(embedder: OpenClipImageEmbedder, photos: list[Image.Image]) -> None:
+    vectors = embedder.embed(photos)
+
+    assert vectors.shape == (3, 512)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    alone = embedder.embed([photos[1]])
+    np.testing.assert_allclose(alone[0], vectors[1], atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-3)
+
+
+def test_any_mode_is_accepted(embedder: OpenClipImageEmbedder) -> None:
+    photo = astronaut()
+    rgb, gray, rgba = embedder.embed([photo, photo.convert("L"), photo.convert("RGBA")])
+    np.testing.assert_allclose(rgba, rgb, atol=1e-5)
+    assert gray.shape == rgb.shape
+
+
+def test_no_images_give_an_empty_matrix(embedder: OpenClipImageEmbedder) -> None:
+    assert embedder.embed([]).shape == (0, 512)
+
+
+def test_random_weights_are_seeded_and_batches_split_cleanly(
+    embedder: OpenClipImageEmbedder, photos: list[Image.Image]
+) -> None:
+    twin = OpenClipImageEmbedder("ViT-B-32", weights=None, batch_size=2)
+    np.testing.assert_allclose(twin.embed(photos), embedder.embed(photos), atol=1e-5)
+
+
+def test_a_weights_file_is_loaded_and_calibrated(
+    embedder: OpenClipImageEmbedder, photos: list[Image.Image], tmp_path: Path
+) -> None:
+    weights = tmp_path / "my-vit-b-32.safetensors"
+    state = {name: tensor.contiguous() for name, tensor in embedder._model.state_dict().items()}
+    safetensors.torch.save_file(state, str(weights))
+
+    loaded = OpenClipImageEmbedder("ViT-B-32", weights=str(weights))
+
+    assert loaded.calibrated is True
+    assert loaded.model_name == "open_clip ViT-B-32 (my-vit-b-32.safetensors)"
+    np.testing.assert_allclose(loaded.embed(photos), embedder.embed(photos), atol=1e-5)
+
+
+def test_a_missing_weights_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ModelWeightsUnavailable, match=r"not an existing file.*pass its path"):
+        OpenClipImageEmbedder("ViT-B-32", weights=str(tmp_path / "nope.safetensors"))
+
+
+def test_an_unreadable_weights_file_says_what_to_do(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"junk")
+    with pytest.raises(ModelWeightsUnavailable, match="pass its file path"):
+        OpenClipImageEmbedder("ViT-B-32", weights=str(junk))
+
+
+def test_an_uncached_hub_tag_fails_fast_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    offline_before = hub_constants.HF_HUB_OFFLINE
+    started = time.perf_counter()
+
+    with pytest.raises(ModelWeightsUnavailable, match=r"laion2b_s34b_b79k.*pass its file path"):
+        OpenClipImageEmbedder("ViT-B-32", weights="laion2b_s34b_b79k", offline=True)
+
+    assert time.perf_counter() - started < 10.0  # online retries take ~46 s here
+    assert offline_before is hub_constants.HF_HUB_OFFLINE

@@ -1,0 +1,376 @@
+"""The demo's results output: rows, summary, terminal table, CSV and the static HTML page."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from rich.console import Console
+from rich.text import Text
+
+from infra.report import (
+    CSV_COLUMNS,
+    SIMULATED_BANNER,
+    UNCALIBRATED_BANNER,
+    results_table,
+    shot_rows,
+    summary,
+    write_csv,
+    write_html,
+)
+
+SCENARIOS = ("close-up portrait", "wide shot", "profile noir", "low light", "action")
+DRIFTED_SHOT = 4  # 1-based: judged different, and the simulator did drift it
+NO_FACE_SHOT = 7
+FAILED_SHOT = 11
+UNCERTAIN_SHOT = 13
+
+
+def tiny_png(colour: tuple[int, int, int], size: tuple[int, int] = (12, 16)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def image_ref(data: bytes, size: tuple[int, int] = (12, 16)) -> dict[str, Any]:
+    sha256 = hashlib.sha256(data).hexdigest()
+    return {
+        "key": f"images/{sha256}",
+        "sha256": sha256,
+        "content_type": "image/png",
+        "width": size[0],
+        "height": size[1],
+        "size_bytes": len(data),
+    }
+
+
+def sample_character(
+    *, simulated: bool = True, calibrated: bool = False, name: str = "Ada Quill"
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """15 shots across 5 scenarios: one drifted and judged different, one no_face, one failed."""
+    images: dict[str, bytes] = {}
+    reference = tiny_png((200, 150, 120), (16, 16))
+    images[hashlib.sha256(reference).hexdigest()] = reference
+    shots = []
+    for index in range(1, 16):
+        scenario = SCENARIOS[(index - 1) % 5]
+        verdict = {DRIFTED_SHOT: "different", NO_FACE_SHOT: "no_face", UNCERTAIN_SHOT: "uncertain"}.get(index, "same")
+        data = tiny_png((index * 15, 100, 255 - index * 15))
+        failed = index == FAILED_SHOT
+        if not failed:
+            images[hashlib.sha256(data).hexdigest()] = data
+        distance = {DRIFTED_SHOT: 0.81, NO_FACE_SHOT: None, UNCERTAIN_SHOT: 0.57}.get(index, 0.30 + index / 100)
+        shots.append(
+            {
+                "shot_id": str(uuid.UUID(int=index)),
+                "status": "failed" if failed else "scored",
+                "params": {
+                    "prompt": f"{scenario} of Ada, take {index}",
+                    "negative_prompt": "",
+                    "aspect_ratio": "1:1",
+                    "seed": index,
+                    "steps": 28,
+                    "guidance": 3.5,
+                    "scenario": scenario,
+                },
+                "provider": "simulator" if simulated else "fal",
+                "image": None if failed else image_ref(data),
+                "latency_ms": None if failed else 1000.0 + index * 100.123456,
+                "cost_usd": None if failed else 0.003,
+                "attempts": 3 if failed else 1,
+                "simulation": None
+                if not simulated or failed
+                else {"simulated": True, "transform": f"crop {index}", "drifted": index == DRIFTED_SHOT},
+                "score": None
+                if failed
+                else {
+                    "verdict": verdict,
+                    "face": {
+                        "faces_found": 0 if index == NO_FACE_SHOT else 1,
+                        "distance": distance,
+                        "mean_distance": None if distance is None else distance + 0.05,
+                        "same_below": 0.6,
+                        "model": "dlib_resnet_v1",
+                    },
+                    "clip": {"image_similarity": 0.9 - index / 100, "calibrated": calibrated, "model": "ViT-B-32"},
+                    "scorer_version": "1",
+                    "scoring_ms": 40.0,
+                },
+                "failure": {"stage": "generation", "reason": "provider timed out 3 times"} if failed else None,
+            }
+        )
+    character = {
+        "character_id": str(uuid.uuid4()),
+        "name": name,
+        "strategy": "instant_reference",
+        "provider": "simulator" if simulated else "fal",
+        "status": "completed",
+        "created_at": "2025-01-02T03:04:05+00:00",
+        "identity": {
+            "state": "ready",
+            "identity_ref": "sim://ada",
+            "training_seconds": 0.0,
+            "cost_usd": 0.01,
+            "simulated": simulated,
+        },
+        "references": [image_ref(reference, (16, 16))],
+        "shots": shots,
+    }
+    return character, images
+
+
+# --- rows and summary ----------------------------------------------------------------------------
+
+
+def test_rows_follow_the_shots() -> None:
+    character, _ = sample_character()
+
+    rows = shot_rows(character)
+
+    assert [row.index for row in rows] == list(range(1, 16))
+    assert {row.scenario for row in rows} == set(SCENARIOS)
+    drifted = rows[DRIFTED_SHOT - 1]
+    assert (drifted.verdict, drifted.drifted, drifted.gate) == ("different", True, "caught")
+    no_face = rows[NO_FACE_SHOT - 1]
+    assert (no_face.verdict, no_face.faces_found, no_face.face_distance) == ("no_face", 0, None)
+    failed = rows[FAILED_SHOT - 1]
+    assert failed.verdict == "failed: generation"
+    assert failed.simulated is False
+    assert failed.drifted is None
+    assert rows[0].clip_calibrated is False
+    assert rows[0].latency_ms == pytest.approx(1100.123456)
+
+
+def test_rows_for_shots_still_in_flight() -> None:
+    character, _ = sample_character()
+    character["shots"].append({"shot_id": "x", "status": "generating", "params": {"prompt": "p"}})
+
+    row = shot_rows(character)[-1]
+
+    assert row.verdict == "generating"
+    assert row.scenario is None
+    assert summary(character)["pending"] == 1
+
+
+def test_summary_counts_verdicts_distance_cost_and_latency() -> None:
+    character, _ = sample_character()
+
+    stats = summary(character)
+
+    assert stats["shots"] == 15
+    assert stats["scored"] == 14
+    assert stats["failed"] == 1
+    assert stats["verdicts"] == {"same": 11, "uncertain": 1, "different": 1, "no_face": 1}
+    distances = [row.face_distance for row in shot_rows(character) if row.face_distance is not None]
+    assert stats["face_distance"]["count"] == 13
+    assert stats["face_distance"]["mean"] == pytest.approx(sum(distances) / 13)
+    assert stats["face_distance"]["min"] == pytest.approx(0.31)
+    assert stats["face_distance"]["max"] == pytest.approx(0.81)
+    assert stats["shots_cost_usd"] == pytest.approx(14 * 0.003)
+    assert stats["total_cost_usd"] == pytest.approx(14 * 0.003 + 0.01)
+    latencies = sorted(1000.0 + i * 100.123456 for i in range(1, 16) if i != FAILED_SHOT)
+    assert stats["latency_p50_ms"] == pytest.approx((latencies[6] + latencies[7]) / 2)
+    assert stats["latency_p95_ms"] == pytest.approx(latencies[12] + 0.35 * (latencies[13] - latencies[12]))
+    assert (stats["simulated"], stats["clip_uncalibrated"]) == (True, True)
+    assert (stats["drifted"], stats["drift_caught"], stats["drift_missed"]) == (1, 1, 0)
+
+
+def test_summary_of_a_character_without_shots() -> None:
+    stats = summary({"name": "new", "identity": None, "shots": []})
+
+    assert stats["shots"] == 0
+    assert stats["face_distance"]["mean"] is None
+    assert stats["latency_p95_ms"] is None
+    assert stats["total_cost_usd"] == 0.0
+
+
+# --- terminal table ------------------------------------------------------------------------------
+
+
+def render(table: Any) -> str:
+    console = Console(width=220, record=True, color_system=None, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
+
+
+def test_table_shows_every_shot_and_says_when_it_is_simulated_and_uncalibrated() -> None:
+    character, _ = sample_character()
+
+    text = render(results_table(character))
+
+    for header in ("shot", "scenario", "provider", "latency", "cost", "face identity", "verdict"):
+        assert header in text
+    assert "CLIP (uncalibrated)" in text
+    assert "no face" in text
+    assert "failed: generation" in text
+    assert "sim: drifted (caught)" in text
+    assert text.count("sim: clean") == 13  # 14 scored shots, less the drifted one
+    assert SIMULATED_BANNER in text
+    assert "random weights" in text
+
+
+def test_table_for_real_calibrated_run_has_no_simulation_warnings() -> None:
+    character, _ = sample_character(simulated=False, calibrated=True)
+
+    text = render(results_table(character))
+
+    assert "SIMULATED" not in text
+    assert "uncalibrated" not in text
+    assert "sim: " not in text
+
+
+def test_table_prints_user_strings_verbatim_not_as_markup() -> None:
+    character, _ = sample_character(name="[/bold] Ada [red]")
+    character["shots"][0]["params"]["scenario"] = "[link=x]close[/link]"
+
+    text = render(results_table(character))
+
+    assert "[/bold] Ada [red]" in text
+    assert "[link=x]close[/link]" in text
+
+
+def test_table_colours_verdicts() -> None:
+    character, _ = sample_character()
+    table = results_table(character)
+    verdicts = next(column for column in table.columns if column.header == "verdict")
+
+    styles = {cell.plain: cell.style for cell in verdicts.cells if isinstance(cell, Text)}
+
+    assert styles["same"] == "green"
+    assert styles["uncertain"] == "yellow"
+    assert styles["different"] == "red"
+    assert styles["no_face"] == "red"
+
+
+def test_table_marks_a_drift_the_gate_missed() -> None:
+    character, _ = sample_character()
+    character["shots"][DRIFTED_SHOT - 1]["score"]["verdict"] = "same"
+
+    assert "sim: drifted (MISSED)" in render(results_table(character))
+    assert summary(character)["drift_missed"] == 1
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+
+def test_csv_has_one_row_per_shot_with_character_columns(tmp_path: Path) -> None:
+    character, _ = sample_character(name='=HYPERLINK("http://evil")')
+
+    path = write_csv(character, tmp_path / "out" / "results.csv")
+
+    with path.open(newline="", encoding="utf-8") as source:
+        rows = list(csv.DictReader(source))
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert len(rows) == 15
+    assert {row["character_id"] for row in rows} == {character["character_id"]}
+    assert rows[0]["character_name"].startswith("'="), "a spreadsheet must not run it as a formula"
+    assert [row["shot_id"] for row in rows] == [shot["shot_id"] for shot in character["shots"]]
+    assert float(rows[0]["latency_ms"]) == 1000.0 + 100.123456, "floats are not rounded"
+    drifted = rows[DRIFTED_SHOT - 1]
+    assert (drifted["verdict"], drifted["drifted"], drifted["face_distance"]) == ("different", "true", "0.81")
+    no_face = rows[NO_FACE_SHOT - 1]
+    assert (no_face["faces_found"], no_face["face_distance"]) == ("0", "")
+    failed = rows[FAILED_SHOT - 1]
+    assert failed["verdict"] == "failed: generation"
+    assert failed["failure_reason"] == "provider timed out 3 times"
+    assert failed["image_sha256"] == ""
+    assert rows[0]["clip_calibrated"] == "false"
+    assert rows[0]["prompt"] == "close-up portrait of Ada, take 1"
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+
+def test_html_shows_every_shot_and_writes_its_images(tmp_path: Path) -> None:
+    character, images = sample_character()
+
+    page = write_html(character, images, tmp_path / "report")
+
+    html = page.read_text(encoding="utf-8")
+    assert page == tmp_path / "report" / "index.html"
+    for shot in character["shots"]:
+        assert shot["shot_id"] in html
+    written = sorted(path.name for path in (tmp_path / "report" / "images").iterdir())
+    assert written == sorted(f"{sha256}.png" for sha256 in images)
+    for name in written:
+        assert f'src="images/{name}"' in html
+        assert (tmp_path / "report" / "images" / name).read_bytes() == images[name.removesuffix(".png")]
+    assert html.count('class="card ') == 15
+    assert html.count(" flagged") == 4, "different, no_face, uncertain and failed cards are flagged"
+    assert "ground truth: sim: drifted (caught)" in html
+    assert "no image: failed at generation" in html
+
+
+def test_html_banners_appear_only_when_they_apply(tmp_path: Path) -> None:
+    simulated, images = sample_character(simulated=True, calibrated=False)
+    real, real_images = sample_character(simulated=False, calibrated=True)
+
+    simulated_html = write_html(simulated, images, tmp_path / "sim").read_text(encoding="utf-8")
+    real_html = write_html(real, real_images, tmp_path / "real").read_text(encoding="utf-8")
+
+    assert SIMULATED_BANNER in simulated_html
+    assert UNCALIBRATED_BANNER in simulated_html
+    assert "SIMULATED" not in real_html
+    assert UNCALIBRATED_BANNER not in real_html
+    assert "ground truth" not in real_html
+
+
+def test_html_escapes_user_strings(tmp_path: Path) -> None:
+    character, images = sample_character(name="<script>alert(1)</script>")
+    character["shots"][0]["params"]["prompt"] = '"><img src=x onerror=alert(2)>'
+    character["shots"][1]["params"]["scenario"] = "</h3><script>alert(3)</script>"
+
+    html = write_html(character, images, tmp_path).read_text(encoding="utf-8")
+
+    assert "<script" not in html
+    assert "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in html
+
+
+def test_html_is_self_contained(tmp_path: Path) -> None:
+    character, images = sample_character()
+
+    html = write_html(character, images, tmp_path).read_text(encoding="utf-8")
+
+    assert not re.search(r"(src|href)=\"(https?:)?//", html), "no network fetches"
+    assert "@import" not in html
+    assert "<script" not in html
+    assert '<meta name="viewport"' in html
+
+
+def test_html_summary_line(tmp_path: Path) -> None:
+    character, images = sample_character()
+
+    html = write_html(character, images, tmp_path).read_text(encoding="utf-8")
+
+    assert "15 shots · same 11, uncertain 1, different 1, no_face 1 · failed 1" in html
+    assert "mean face distance 0.425" in html
+    assert "total cost $0.0520" in html
+
+
+def test_html_refuses_image_bytes_that_do_not_match_their_hash(tmp_path: Path) -> None:
+    character, images = sample_character()
+    first = next(iter(images))
+    images[first] = b"something else"
+
+    with pytest.raises(ValueError, match="do not hash"):
+        write_html(character, images, tmp_path)
+
+
+def test_html_ignores_image_refs_that_are_not_safe_file_names(tmp_path: Path) -> None:
+    character, images = sample_character()
+    character["references"][0]["sha256"] = "../../etc/passwd"
+    images["../../etc/passwd"] = b"x"
+
+    html = write_html(character, images, tmp_path / "r").read_text(encoding="utf-8")
+
+    assert "image not included" in html
+    assert not (tmp_path / "etc").exists()
