@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from faststream import FastStream
@@ -20,7 +19,4 @@ def create_app(settings: InfraSettings, scoring_settings: ScoringSettings | None
     scorer = ThreadedScorer(scoring_settings or ScoringSettings())
     runtime = Runtime("scoring", settings, migrations=MIGRATIONS)
 
-    async def load_models() -> None:
-        await asyncio.to_thread(scorer.load)
-
-    return worker_app(runtime, build_router(runtime, scorer), title="Likeness scoring", load=load_models)
+    return worker_app(runtime, build_router(runtime, scorer), title="Likeness scoring", load=scorer.load)

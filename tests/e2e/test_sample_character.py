@@ -79,6 +79,15 @@ def test_sample_character_every_shot_stored_and_scored_exactly_once(system: Runn
     assert [s["score"]["verdict"] for s in clean] == ["same"] * len(clean)
     assert [s["score"]["verdict"] for s in drifted] == ["different"] * len(drifted)
 
+    seen: list[str] = []
+    for event_type, _ in system.client.events(character_id, timeout_s=30):
+        seen.append(event_type)
+        if event_type == "CharacterCompleted":
+            break
+    assert seen[:2] == ["CharacterRequested", "ReferencesStored"]
+    assert seen.count("ShotScored") == 15
+    assert seen.count("ShotStored") == 15
+
 
 def test_killing_scoring_mid_run_loses_no_shot_and_scores_none_twice(system: RunningSystem) -> None:
     character_id = submit_sample(system)

@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import safetensors.torch
+import torch
 from huggingface_hub import constants as hub_constants
 from PIL import Image
 
@@ -64,7 +66,10 @@ def test_a_weights_file_is_loaded_and_calibrated(
     embedder: OpenClipImageEmbedder, photos: list[Image.Image], tmp_path: Path
 ) -> None:
     weights = tmp_path / "my-vit-b-32.safetensors"
-    state = {name: tensor.contiguous() for name, tensor in embedder._model.state_dict().items()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same initialisation as the seed-0 random embedder, text tower included
+        full_model = open_clip.create_model("ViT-B-32", pretrained=None)
+    state = {name: tensor.contiguous() for name, tensor in full_model.state_dict().items()}
     safetensors.torch.save_file(state, str(weights))
 
     loaded = OpenClipImageEmbedder("ViT-B-32", weights=str(weights))

@@ -9,7 +9,10 @@ score made with them says `calibrated=False`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,7 @@ class OpenClipImageEmbedder:
             self._weights_label = weights
             self._calibrated = True
         model.eval()
+        _drop_text_tower(model)
         self._model: Any = model
         self._preprocess: Any = preprocess
         self._dimension = int(model.visual.output_dim)
@@ -108,6 +112,23 @@ class OpenClipImageEmbedder:
         if not rows:
             return np.zeros((0, self._dimension), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+
+
+_TEXT_TOWER = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection")
+
+
+def _drop_text_tower(model: Any) -> None:
+    """Image similarity needs only the image tower: free the text tower (about 250 MB for ViT-B-32).
+
+    Prompt adherence (CLIP-T) will need it back; it is a follow-up (issue 3).
+    """
+    for name in _TEXT_TOWER:
+        if hasattr(model, name):
+            setattr(model, name, None)
+    gc.collect()
+    if sys.platform.startswith("linux"):  # hand the freed pages back to the OS now, not at some later malloc
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _create(model_name: str, pretrained: str | None, device: str) -> tuple[Any, Any]:

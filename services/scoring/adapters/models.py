@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
@@ -24,10 +25,14 @@ class ThreadedScorer:
     def __init__(self, settings: ScoringSettings) -> None:
         self._settings = settings
         self._scorer: Scorer | None = None
-        # one scoring at a time per process: the models already use every core
-        self._lock = asyncio.Lock()
+        # One thread does all model work: the models already use every core, and one thread keeps
+        # one malloc arena (asyncio's default pool would grow several, each holding memory).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring-models")
 
-    def load(self) -> None:
+    async def load(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+
+    def _load(self) -> None:
         settings = self._settings
         face = DlibFaceEmbedder(jitters=settings.face_jitters)
         images = OpenClipImageEmbedder(
@@ -47,12 +52,10 @@ class ThreadedScorer:
         return self._scorer
 
     async def embed_references(self, images: list[Image.Image]) -> ReferenceEmbeddings:
-        async with self._lock:
-            return await asyncio.to_thread(self.scorer.embed_references, images)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.scorer.embed_references, images)
 
     def references_from_bytes(self, data: bytes) -> ReferenceEmbeddings:
         return ReferenceEmbeddings.from_bytes(data)
 
     async def score(self, shot: Image.Image, references: ReferenceEmbeddings) -> ShotScore:
-        async with self._lock:
-            return await asyncio.to_thread(self.scorer.score, shot, references)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.scorer.score, shot, references)

@@ -1,0 +1,61 @@
+"""`likeness up` keeps the stack running in the background; `down` stops it; data survives both."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.demo import GatewayClient
+from infra.sample import sample_reference_png
+from infra.stack import stack_running
+from infra.stack.ports import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+
+
+def test_up_down_up_keeps_characters(tmp_path: Path) -> None:
+    data_dir = tmp_path / "likeness-data"
+    port = free_port()
+    started = cli("up", "--data-dir", str(data_dir), "--port", str(port))
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"http://127.0.0.1:{port}" in started.stdout
+        api_key = (data_dir / "api-key").read_text().strip()
+        assert api_key in started.stdout
+        assert oct((data_dir / "api-key").stat().st_mode & 0o777) == "0o600"
+        client = GatewayClient(f"http://127.0.0.1:{port}", api_key)
+        character_id = client.create_character("Kept", [("a.png", sample_reference_png(), "image/png")])
+        client.wait_for_character(character_id)
+        client.close()
+
+        again = cli("up", "--data-dir", str(data_dir), "--port", str(port))
+        assert again.returncode == 1
+        assert "already running" in again.stdout
+
+        stopped = cli("down", "--data-dir", str(data_dir))
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert not stack_running(data_dir)
+
+        restarted = cli("up", "--data-dir", str(data_dir), "--port", str(port))
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        client = GatewayClient(f"http://127.0.0.1:{port}", api_key)
+        assert client.character(character_id)["name"] == "Kept"
+        client.close()
+    finally:
+        cli("down", "--data-dir", str(data_dir))
+    assert not stack_running(data_dir)
