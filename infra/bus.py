@@ -120,27 +120,32 @@ def backoff_s(num_delivered: int, *, base: float = 0.5, cap: float = 30.0) -> fl
     return float(min(cap, base * 2 ** max(0, num_delivered - 1)))
 
 
-async def settle(msg: NatsMessage, work: Awaitable[None]) -> None:
-    """Run one message's work, then ack it; on RetryLater or an error, nak it with a delay."""
-    delivered = msg.raw_message.metadata.num_delivered or 1
+async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
+    """Run one message's work, then ack it; on RetryLater or an error, nak it with a delay.
+
+    Every log line names the event and its character (the correlation id).
+    """
+    delivered = delivery_count(msg)
+    context = {
+        "event_id": str(event.event_id),
+        "correlation_id": str(event.correlation_id),
+        "event_type": event.type,
+        "delivery": delivered,
+    }
     try:
         await work
     except RetryLater as retry:
-        log.info("retrying later (%s): %s", msg.raw_message.subject, retry)
+        log.info("retrying later: %s", retry, extra=context)
         await msg.nack(delay=retry.delay_s)
         return
     except asyncio.CancelledError:
         raise
     except Exception:
         delay = backoff_s(delivered)
-        log.exception(
-            "handler failed on delivery %d of %s; nak, retry in %.1fs",
-            delivered,
-            msg.raw_message.subject,
-            delay,
-        )
+        log.exception("handler failed; nak, retry in %.1f s", delay, extra=context)
         await msg.nack(delay=delay)
         return
+    log.debug("handled", extra=context)
     await msg.ack()
 
 

@@ -48,6 +48,11 @@ def demo(
     console.print(f"HTML: {result.html_path}")
     memory = ", ".join(f"{name} {mb:.0f} MB" for name, mb in result.service_rss_mb.items())
     console.print(f"demo wall time {result.wall_s:.1f} s; resident memory: {memory}")
+    unclean = {name: code for name, code in result.exit_codes.items() if code != 0}
+    if unclean:
+        console.print(f"[red]services did not stop cleanly[/red]: exit codes {unclean}; see .likeness/demo/logs")
+        raise typer.Exit(1)
+    console.print("all services stopped cleanly")
 
 
 @app.command()

@@ -39,6 +39,7 @@ class DemoResult:
     html_path: Path
     wall_s: float
     service_rss_mb: dict[str, float]
+    exit_codes: dict[str, int | None]
 
 
 class GatewayClient:
@@ -153,6 +154,7 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0) -
             "LIKENESS_GATEWAY_API_KEYS": f"demo-studio:{api_key}",
         }
         services = ServiceSet(data_dir, env)
+        exit_codes: dict[str, int | None] = {}
         try:
             services.start_all()
             console.print(f"services up: {', '.join(f'{n} (pid {p})' for n, p in services.pids().items())}")
@@ -173,10 +175,10 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0) -
                     images[shot["image"]["sha256"]] = client.image(shot["image"]["sha256"])
             client.close()
         finally:
-            services.stop_all()
+            exit_codes = services.stop_all()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out_dir = project_dir / ".likeness" / "reports" / f"demo-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = report.write_csv(character, out_dir / "shots.csv")
     html_path = report.write_html(character, images, out_dir)
-    return DemoResult(character, csv_path, html_path, time.monotonic() - started, memory)
+    return DemoResult(character, csv_path, html_path, time.monotonic() - started, memory, exit_codes)

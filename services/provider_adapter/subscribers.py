@@ -20,7 +20,14 @@ from infra.bus import RetryLater, backoff_s, delivery_count, publish_event, sett
 from infra.runtime import Runtime
 from services.provider_adapter import handlers
 from services.provider_adapter.adapters.identities import PostgresIdentities
-from services.provider_adapter.ports import GeneratedImage, Provider, ReferenceImage, TransientProviderError
+from services.provider_adapter.ports import (
+    GeneratedImage,
+    IdentityStatus,
+    PermanentProviderError,
+    Provider,
+    ReferenceImage,
+    TransientProviderError,
+)
 from services.provider_adapter.settings import ProviderAdapterSettings
 
 
@@ -50,11 +57,6 @@ def build_router(runtime: Runtime, providers: dict[str, Provider], settings: Pro
             await identities.lock(event.character_id, event.tenant_id)
             await identities.begin(event.character_id, event.provider, event.strategy, event.references)
             job_id = (await identities.lock(event.character_id, event.tenant_id)).job_id
-        if job_id is None:  # first attempt: submit, and remember the job before waiting on it
-            request = handlers.identity_request(event, await load_references(event.references))
-            job_id = await provider.create_identity(request)
-            async with runtime.pool.acquire() as conn:
-                await PostgresIdentities(conn).set_job_id(event.character_id, job_id)
 
         async def heartbeat(percent: float, message: str) -> None:
             await msg.in_progress()
@@ -68,13 +70,21 @@ def build_router(runtime: Runtime, providers: dict[str, Provider], settings: Pro
             )
             await publish_event(runtime.broker, progress)
 
-        status = await handlers.wait_for_identity(
-            provider,
-            job_id,
-            poll_s=settings.identity_poll_s,
-            timeout_s=settings.identity_timeout_s,
-            heartbeat=heartbeat,
-        )
+        try:
+            if job_id is None:  # first attempt: submit, and remember the job before waiting on it
+                request = handlers.identity_request(event, await load_references(event.references))
+                job_id = await provider.create_identity(request)
+                async with runtime.pool.acquire() as conn:
+                    await PostgresIdentities(conn).set_job_id(event.character_id, job_id)
+            status = await handlers.wait_for_identity(
+                provider,
+                job_id,
+                poll_s=settings.identity_poll_s,
+                timeout_s=settings.identity_timeout_s,
+                heartbeat=heartbeat,
+            )
+        except PermanentProviderError as refused:  # retrying cannot help: the identity fails, with the reason
+            status = IdentityStatus(state="failed", reason=f"the provider refused the identity: {refused}")
         async with runtime.delivery.unit_of_work(event, consumer) as work:
             if work.already_done:
                 return
@@ -135,11 +145,11 @@ def build_router(runtime: Runtime, providers: dict[str, Provider], settings: Pro
 
     @subscribe(router, ReferencesStored, "provider-references-stored", ack_wait_s=30.0, max_deliver=100)
     async def on_references_stored(event: ReferencesStored, msg: NatsMessage) -> None:
-        await settle(msg, build_identity(event, msg))
+        await settle(msg, event, build_identity(event, msg))
 
     @subscribe(router, ShotRequested, "provider-shot-requested")
     async def on_shot_requested(event: ShotRequested, msg: NatsMessage) -> None:
-        await settle(msg, route_shot(event))
+        await settle(msg, event, route_shot(event))
 
     @subscribe(
         router,
@@ -149,6 +159,6 @@ def build_router(runtime: Runtime, providers: dict[str, Provider], settings: Pro
         max_workers=settings.concurrency,
     )
     async def on_generate_shot(command: GenerateShot, msg: NatsMessage) -> None:
-        await settle(msg, generate_shot(command, msg))
+        await settle(msg, command, generate_shot(command, msg))
 
     return router

@@ -32,6 +32,6 @@ def build_router(runtime: Runtime, scorer: handlers.AsyncScorer[Any]) -> NatsRou
 
     @subscribe(router, ShotStored, "scoring-shot-stored", ack_wait_s=120.0)
     async def on_shot_stored(event: ShotStored, msg: NatsMessage) -> None:
-        await settle(msg, score(event))
+        await settle(msg, event, score(event))
 
     return router

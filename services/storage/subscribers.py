@@ -50,34 +50,34 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     @subscribe(router, CharacterRequested, "storage-character-requested")
     async def on_character_requested(event: CharacterRequested, msg: NatsMessage) -> None:
-        await settle(msg, record(event, "character-requested", handlers.on_character_requested))
+        await settle(msg, event, record(event, "character-requested", handlers.on_character_requested))
 
     @subscribe(router, IdentityProgress, "storage-identity-progress")
     async def on_identity_progress(event: IdentityProgress, msg: NatsMessage) -> None:
-        await settle(msg, record(event, "identity-progress", handlers.on_identity_progress))
+        await settle(msg, event, record(event, "identity-progress", handlers.on_identity_progress))
 
     @subscribe(router, IdentityReady, "storage-identity-ready")
     async def on_identity_ready(event: IdentityReady, msg: NatsMessage) -> None:
-        await settle(msg, record(event, "identity-ready", handlers.on_identity_ready))
+        await settle(msg, event, record(event, "identity-ready", handlers.on_identity_ready))
 
     @subscribe(router, IdentityFailed, "storage-identity-failed")
     async def on_identity_failed(event: IdentityFailed, msg: NatsMessage) -> None:
-        await settle(msg, record(event, "identity-failed", handlers.on_identity_failed))
+        await settle(msg, event, record(event, "identity-failed", handlers.on_identity_failed))
 
     @subscribe(router, ShotRequested, "storage-shot-requested")
     async def on_shot_requested(event: ShotRequested, msg: NatsMessage) -> None:
-        await settle(msg, record(event, "shot-requested", handlers.on_shot_requested))
+        await settle(msg, event, record(event, "shot-requested", handlers.on_shot_requested))
 
     @subscribe(router, ShotGenerated, "storage-shot-generated")
     async def on_shot_generated(event: ShotGenerated, msg: NatsMessage) -> None:
-        await settle(msg, record(event, "shot-generated", handlers.on_shot_generated))
+        await settle(msg, event, record(event, "shot-generated", handlers.on_shot_generated))
 
     @subscribe(router, ShotScored, "storage-shot-scored")
     async def on_shot_scored(event: ShotScored, msg: NatsMessage) -> None:
-        await settle(msg, record(event, "shot-scored", handlers.on_shot_scored))
+        await settle(msg, event, record(event, "shot-scored", handlers.on_shot_scored))
 
     @subscribe(router, ShotFailed, "storage-shot-failed")
     async def on_shot_failed(event: ShotFailed, msg: NatsMessage) -> None:
-        await settle(msg, record(event, "shot-failed", handlers.on_shot_failed))
+        await settle(msg, event, record(event, "shot-failed", handlers.on_shot_failed))
 
     return router

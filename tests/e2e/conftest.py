@@ -47,4 +47,5 @@ def system(tmp_path_factory: pytest.TempPathFactory, stack_endpoints: StackEndpo
         client.close()
         other.close()
     finally:
-        services.stop_all()
+        exit_codes = services.stop_all()
+    assert set(exit_codes.values()) <= {0}, f"services did not stop cleanly: {exit_codes}"

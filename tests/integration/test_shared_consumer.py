@@ -31,7 +31,7 @@ async def test_two_replicas_split_the_work_without_duplicates(stack_endpoints: S
         @subscribe(router, ShotRequested, durable)
         async def on_shot(event: ShotRequested, msg: NatsMessage) -> None:
             if event.correlation_id == character_id:
-                await settle(msg, work(event))
+                await settle(msg, event, work(event))
             else:
                 await msg.ack()  # other tests' shots
 
