@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,6 +15,9 @@ class ScoringSettings(BaseSettings):
     clip_weights: str | None = Field(
         default=None,
         description="A checkpoint file path or an open_clip hub tag. Unset: random weights, scores uncalibrated.",
+    )
+    clip_precision: Literal["float32", "bfloat16", "auto"] = Field(
+        default="auto", description="auto: bfloat16 where the CPU has native bfloat16, else float32."
     )
     offline: bool = Field(default=True, description="Never reach a model hub (fail fast instead of hanging).")
     face_same_below: float = Field(default=0.6, gt=0, description="dlib L2 distance under which faces match.")

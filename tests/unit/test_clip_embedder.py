@@ -101,3 +101,14 @@ def test_an_uncached_hub_tag_fails_fast_offline(monkeypatch: pytest.MonkeyPatch,
 
     assert time.perf_counter() - started < 10.0  # online retries take ~46 s here
     assert offline_before is hub_constants.HF_HUB_OFFLINE
+
+
+def test_bfloat16_gives_the_same_embeddings_and_says_so(
+    embedder: OpenClipImageEmbedder, photos: list[Image.Image]
+) -> None:
+    half = OpenClipImageEmbedder("ViT-B-32", precision="bfloat16")
+    full, reduced = embedder.embed(photos), half.embed(photos)
+    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, atol=1e-5)
+    assert (full * reduced).sum(axis=1).min() > 0.999
+    assert half.model_name.endswith("bfloat16)")
+    assert half.model_name != embedder.model_name  # cached reference embeddings are not mixed up

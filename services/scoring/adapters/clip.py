@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,7 @@ class OpenClipImageEmbedder:
         offline: bool = True,
         batch_size: int = 16,
         seed: int = 0,
+        precision: Precision = "float32",
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -84,13 +85,17 @@ class OpenClipImageEmbedder:
             self._calibrated = True
         model.eval()
         _drop_text_tower(model)
+        self._dtype = _dtype(precision)
+        if self._dtype != torch.float32:
+            model.visual.to(self._dtype)
         self._model: Any = model
         self._preprocess: Any = preprocess
         self._dimension = int(model.visual.output_dim)
 
     @property
     def model_name(self) -> str:
-        return f"open_clip {self._architecture} ({self._weights_label})"
+        precision = "" if self._dtype == torch.float32 else f", {str(self._dtype).removeprefix('torch.')}"
+        return f"open_clip {self._architecture} ({self._weights_label}{precision})"
 
     @property
     def calibrated(self) -> bool:
@@ -107,11 +112,33 @@ class OpenClipImageEmbedder:
                 batch = torch.stack(
                     [self._preprocess(to_rgb(image)) for image in images[start : start + self._batch_size]]
                 ).to(self._device)
-                features = self._model.encode_image(batch, normalize=True)
+                # normalise in float32: a bfloat16 norm is only good to about 1e-2
+                features = torch.nn.functional.normalize(
+                    self._model.encode_image(batch.to(self._dtype)).float(), dim=-1
+                )
                 rows.append(features.float().cpu().numpy())
         if not rows:
             return np.zeros((0, self._dimension), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+
+
+Precision = Literal["float32", "bfloat16", "auto"]
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere it is emulated, slowly."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _dtype(precision: Precision) -> torch.dtype:
+    """bfloat16 halves the image tower's memory (~175 MB for ViT-B-32) and, with native support, its time."""
+    if precision == "auto":
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
 _TEXT_TOWER = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection")

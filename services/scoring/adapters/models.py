@@ -40,6 +40,7 @@ class ThreadedScorer:
             weights=settings.clip_weights,
             offline=settings.offline,
             threads=settings.torch_threads,
+            precision=settings.clip_precision,
         )
         thresholds = ScoringThresholds(
             face_same_below=settings.face_same_below, face_uncertain_below=settings.face_uncertain_below
