@@ -1,0 +1,152 @@
+"""The provider adapter's work for each message: the I/O around handlers.py's decisions.
+
+Identity jobs are submitted once (the provider's job id is saved before waiting, so a restart
+resumes instead of paying twice); shots are generated, copied into our object storage, and
+announced through the outbox.
+"""
+
+from __future__ import annotations
+
+import io
+
+from faststream.nats import NatsMessage
+from PIL import Image
+
+from contracts import (
+    GenerateShot,
+    IdentityFailed,
+    IdentityProgress,
+    ImageRef,
+    ReferencesStored,
+    ShotFailed,
+    ShotRequested,
+)
+from infra.bus import RetryLater, backoff_s, delivery_count, publish_event
+from infra.runtime import Runtime
+from services.provider_adapter import handlers
+from services.provider_adapter.adapters.identities import PostgresIdentities
+from services.provider_adapter.ports import (
+    GeneratedImage,
+    IdentityStatus,
+    PermanentProviderError,
+    Provider,
+    ReferenceImage,
+    TransientProviderError,
+)
+from services.provider_adapter.settings import ProviderAdapterSettings
+
+
+class ProviderWork:
+    def __init__(self, runtime: Runtime, providers: dict[str, Provider], settings: ProviderAdapterSettings) -> None:
+        self.runtime = runtime
+        self.providers = providers
+        self.settings = settings
+
+    async def load_references(self, refs: list[ImageRef]) -> list[ReferenceImage]:
+        return [ReferenceImage(ref=ref, data=await self.runtime.store.get(ref.key)) for ref in refs]
+
+    async def build_identity(self, event: ReferencesStored, msg: NatsMessage) -> None:
+        consumer = self.runtime.delivery.consumer("references-stored")
+        if await self.runtime.delivery.is_processed(event, consumer):
+            return
+        provider = self.providers.get(event.provider)
+        if provider is None or not provider.available():
+            async with self.runtime.delivery.unit_of_work(event, consumer) as work:
+                if not work.already_done:
+                    reason = f"provider {event.provider!r} is not configured here (known: {sorted(self.providers)})"
+                    work.emit(
+                        IdentityFailed.follow(
+                            event, character_id=event.character_id, provider=event.provider, reason=reason
+                        )
+                    )
+            return
+        async with self.runtime.pool.acquire() as conn, conn.transaction():
+            identities = PostgresIdentities(conn)
+            await identities.lock(event.character_id, event.tenant_id)
+            await identities.begin(event.character_id, event.provider, event.strategy, event.references)
+            job_id = (await identities.lock(event.character_id, event.tenant_id)).job_id
+
+        async def heartbeat(percent: float, message: str) -> None:
+            await msg.in_progress()
+            progress = IdentityProgress.follow(
+                event,
+                key=f"{percent:.0f}",
+                character_id=event.character_id,
+                provider=event.provider,
+                percent=percent,
+                message=message,
+            )
+            await publish_event(self.runtime.broker, progress)
+
+        try:
+            if job_id is None:  # first attempt: submit, and remember the job before waiting on it
+                request = handlers.identity_request(event, await self.load_references(event.references))
+                job_id = await provider.create_identity(request)
+                async with self.runtime.pool.acquire() as conn:
+                    await PostgresIdentities(conn).set_job_id(event.character_id, job_id)
+            status = await handlers.wait_for_identity(
+                provider,
+                job_id,
+                poll_s=self.settings.identity_poll_s,
+                timeout_s=self.settings.identity_timeout_s,
+                heartbeat=heartbeat,
+            )
+        except PermanentProviderError as refused:  # retrying cannot help: the identity fails, with the reason
+            status = IdentityStatus(state="failed", reason=f"the provider refused the identity: {refused}")
+        async with self.runtime.delivery.unit_of_work(event, consumer) as work:
+            if work.already_done:
+                return
+            work.emit(
+                *await handlers.identity_settled(
+                    event, status, identities=PostgresIdentities(work.conn), simulated=provider.simulated
+                )
+            )
+
+    async def route_shot(self, event: ShotRequested) -> None:
+        async with self.runtime.delivery.unit_of_work(event, self.runtime.delivery.consumer("shot-requested")) as work:
+            if not work.already_done:
+                work.emit(*await handlers.on_shot_requested(event, identities=PostgresIdentities(work.conn)))
+
+    async def store_image(self, tenant_id: str, image: GeneratedImage) -> ImageRef:
+        """Copy the provider's image into our object storage (idempotent: content-addressed)."""
+        stored = await self.runtime.store.put_image(tenant_id, image.data, image.content_type)
+        with Image.open(io.BytesIO(image.data)) as decoded:
+            width, height = decoded.size
+        return ImageRef(
+            key=stored.key,
+            sha256=stored.sha256,
+            content_type=image.content_type,
+            width=width,
+            height=height,
+            size_bytes=stored.size_bytes,
+        )
+
+    async def generate_shot(self, command: GenerateShot, msg: NatsMessage) -> None:
+        consumer = self.runtime.delivery.consumer("generate-shot")
+        if await self.runtime.delivery.is_processed(command, consumer):
+            return
+        attempt = delivery_count(msg)
+        provider = self.providers.get(command.provider)
+        outcome: GeneratedImage | ShotFailed
+        if provider is None:
+            outcome = handlers.shot_failed(command, command, "generation", f"unknown provider {command.provider!r}")
+        else:
+            try:
+                outcome = await handlers.generate(
+                    command,
+                    provider=provider,
+                    references=await self.load_references(command.references),
+                    attempt=attempt,
+                    max_attempts=self.settings.max_attempts,
+                )
+            except TransientProviderError as error:
+                raise RetryLater(str(error), delay_s=error.retry_after_s or backoff_s(attempt)) from error
+        stored = None if isinstance(outcome, ShotFailed) else await self.store_image(command.tenant_id, outcome)
+        async with self.runtime.delivery.unit_of_work(command, consumer) as work:
+            if work.already_done:
+                return
+            if isinstance(outcome, ShotFailed):
+                work.emit(outcome)
+            else:
+                assert stored is not None
+                work.emit(handlers.shot_generated(command, outcome, stored, attempt))
