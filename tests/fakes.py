@@ -34,6 +34,20 @@ def image_ref(tenant: str = "studio", seed: int = 0) -> ImageRef:
     )
 
 
+def character_requested(tenant: str = "studio") -> CharacterRequested:
+    """A new character with one reference, under random ids."""
+    character_id = uuid.uuid4()
+    return CharacterRequested(
+        correlation_id=character_id,
+        tenant_id=tenant,
+        character_id=character_id,
+        name="Sarah",
+        strategy="instant_reference",
+        provider="sim",
+        references=[image_ref(tenant)],
+    )
+
+
 @dataclass
 class FakeRecords:
     """storage.ports.Records in memory."""

@@ -15,7 +15,7 @@ from infra.bus import create_broker, declare_stream, relay_publisher
 from infra.db import create_pool, migrate, migrate_service
 from infra.delivery import Delivery, OutboxRelay
 from infra.stack import StackEndpoints
-from tests.fakes import image_ref
+from tests.fakes import character_requested
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +35,6 @@ async def broker(stack_endpoints: StackEndpoints) -> AsyncIterator[NatsBroker]:
     await declare_stream(broker)
     yield broker
     await broker.stop()
-
-
-def character_requested() -> CharacterRequested:
-    character_id = uuid.uuid4()
-    return CharacterRequested(
-        correlation_id=character_id,
-        tenant_id="studio",
-        character_id=character_id,
-        name="Sarah",
-        strategy="lora",
-        provider="sim",
-        references=[image_ref()],
-    )
 
 
 def follow_up(cause: CharacterRequested) -> ReferencesStored:

@@ -5,20 +5,7 @@ from pydantic import ValidationError
 
 from contracts import ALL_EVENTS, CharacterRequested, ReferencesStored, ShotParams, ShotRequested
 from contracts.snapshots import SCHEMA_DIR, event_schemas
-from tests.fakes import image_ref
-
-
-def requested() -> CharacterRequested:
-    character_id = uuid.uuid4()
-    return CharacterRequested(
-        correlation_id=character_id,
-        tenant_id="studio",
-        character_id=character_id,
-        name="Sarah",
-        strategy="lora",
-        provider="sim",
-        references=[image_ref()],
-    )
+from tests.fakes import character_requested
 
 
 def test_committed_schema_snapshots_match_the_code() -> None:
@@ -40,7 +27,7 @@ def test_every_subject_is_versioned_and_unique() -> None:
 
 
 def test_follow_up_events_have_deterministic_ids_and_carry_the_envelope() -> None:
-    cause = requested()
+    cause = character_requested()
     first = ReferencesStored.follow(
         cause, character_id=cause.character_id, strategy="lora", provider="sim", references=cause.references
     )
@@ -54,7 +41,7 @@ def test_follow_up_events_have_deterministic_ids_and_carry_the_envelope() -> Non
 
 
 def test_keys_tell_apart_events_of_one_type_from_one_cause() -> None:
-    cause = requested()
+    cause = character_requested()
     a = ShotRequested.follow(
         cause, key="a", shot_id=uuid.uuid4(), character_id=cause.character_id, params=ShotParams(prompt="x")
     )
@@ -65,7 +52,7 @@ def test_keys_tell_apart_events_of_one_type_from_one_cause() -> None:
 
 
 def test_unknown_fields_and_bad_values_are_rejected() -> None:
-    data = requested().model_dump()
+    data = character_requested().model_dump()
     with pytest.raises(ValidationError):
         CharacterRequested.model_validate({**data, "surprise": 1})
     with pytest.raises(ValidationError):
@@ -75,7 +62,7 @@ def test_unknown_fields_and_bad_values_are_rejected() -> None:
 
 
 def test_events_round_trip_through_json() -> None:
-    event = requested()
+    event = character_requested()
     assert CharacterRequested.model_validate_json(event.model_dump_json()) == event
 
 

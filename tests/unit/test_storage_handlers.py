@@ -17,20 +17,7 @@ from contracts import (
     Verdict,
 )
 from services.storage import handlers
-from tests.fakes import FakeRecords, image_ref
-
-
-def character_requested(tenant: str = "studio") -> CharacterRequested:
-    character_id = uuid.uuid4()
-    return CharacterRequested(
-        correlation_id=character_id,
-        tenant_id=tenant,
-        character_id=character_id,
-        name="Sarah",
-        strategy="instant_reference",
-        provider="sim",
-        references=[image_ref(tenant)],
-    )
+from tests.fakes import FakeRecords, character_requested, image_ref
 
 
 def shot_requested(character: CharacterRequested, tenant: str | None = None) -> ShotRequested:
