@@ -1,4 +1,4 @@
-"""`likeness`: the operator's entry point (up, down, demo; later replay, calibrate, ...)."""
+"""`likeness`: the operator's entry point (up, down, demo, calibrate; later replay, ...)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def _project_dir() -> Path:
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("LIKENESS_DATA_DIR", _project_dir() / ".likeness" / "stack"))
+
+
+def _calibration_dir() -> Path:
+    """Where `calibrate --save` writes profiles: LIKENESS_CALIBRATION_DIR, else <project>/.likeness/calibration."""
+    return Path(os.environ.get("LIKENESS_CALIBRATION_DIR", _project_dir() / ".likeness" / "calibration"))
 
 
 def _api_key(data_dir: Path) -> str:
@@ -107,6 +112,55 @@ def down(data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = No
         console.print(f"nothing was running from {data_dir}")
         return
     console.print(f"stopped {', '.join([*services, *servers])}; data kept in {data_dir}")
+
+
+@app.command()
+def calibrate(
+    pairs: Annotated[
+        Path, typer.Option(metavar="PAIRS.csv", help="CSV with header image_a,image_b,label (same or different).")
+    ],
+    images: Annotated[Path, typer.Option(metavar="DIR", help="The folder the CSV's image paths are relative to.")],
+    save: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Save the equal-error-rate threshold as profile NAME (a-z, 0-9, _ and -) in "
+            "LIKENESS_CALIBRATION_DIR (default .likeness/calibration)/NAME.json.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            metavar="X",
+            help="Report the figures at this threshold instead of the one in use (the profile's, else "
+            "face_same_below).",
+        ),
+    ] = None,
+    uncertain_band: Annotated[
+        float | None,
+        typer.Option(
+            metavar="W",
+            help="With --save: an 'uncertain' band W wide centred on the saved threshold (default: no band).",
+        ),
+    ] = None,
+) -> None:
+    """How well face distance separates labelled pairs: ROC AUC, the equal-error-rate threshold, accuracy."""
+    from infra.calibrate import CalibrationInputError
+    from infra.calibrate import calibrate as run
+
+    try:
+        run(
+            pairs,
+            images,
+            calibration_dir=_calibration_dir(),
+            console=console,
+            save=save,
+            threshold=threshold,
+            uncertain_band=uncertain_band,
+        )
+    except CalibrationInputError as error:
+        Console(stderr=True).print(f"[red]calibrate:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -23,4 +24,8 @@ class ScoringSettings(BaseSettings):
     face_same_below: float = Field(default=0.6, gt=0, description="dlib L2 distance under which faces match.")
     face_uncertain_below: float = Field(default=0.6, gt=0, description="Upper end of the 'uncertain' band.")
     face_jitters: int = Field(default=1, ge=1)
+    calibration_profile: Path | None = Field(
+        default=None,
+        description="A profile saved by `likeness calibrate --save`; its thresholds replace the two above.",
+    )
     torch_threads: int | None = Field(default=None, ge=1)

@@ -10,6 +10,7 @@ from PIL import Image
 from contracts import ShotScore
 from services.scoring.adapters.clip import OpenClipImageEmbedder
 from services.scoring.adapters.face import DlibFaceEmbedder
+from services.scoring.calibration import CalibrationProfile, CalibrationProfileError
 from services.scoring.scorer import ReferenceEmbeddings, Scorer, ScoringThresholds
 from services.scoring.settings import ScoringSettings
 
@@ -35,15 +36,13 @@ class ThreadedScorer:
     def _load(self) -> None:
         settings = self._settings
         face = DlibFaceEmbedder(jitters=settings.face_jitters)
+        thresholds = thresholds_from(settings, face_model=face.model_name)  # fails before CLIP's slow load
         images = OpenClipImageEmbedder(
             model_name=settings.clip_model,
             weights=settings.clip_weights,
             offline=settings.offline,
             threads=settings.torch_threads,
             precision=settings.clip_precision,
-        )
-        thresholds = ScoringThresholds(
-            face_same_below=settings.face_same_below, face_uncertain_below=settings.face_uncertain_below
         )
         self._scorer = Scorer(face, images, thresholds)
 
@@ -60,3 +59,23 @@ class ThreadedScorer:
 
     async def score(self, shot: Image.Image, references: ReferenceEmbeddings) -> ShotScore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.scorer.score, shot, references)
+
+
+def thresholds_from(settings: ScoringSettings, *, face_model: str) -> ScoringThresholds:
+    """The face thresholds: from the calibration profile when one is set, else from the two settings."""
+    if settings.calibration_profile is None:
+        return ScoringThresholds(
+            face_same_below=settings.face_same_below, face_uncertain_below=settings.face_uncertain_below
+        )
+    path = settings.calibration_profile
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise CalibrationProfileError(
+            f"LIKENESS_SCORING_CALIBRATION_PROFILE={path} cannot be read ({error}): point it at a profile "
+            "saved by `likeness calibrate --save NAME` (under .likeness/calibration/), or unset it"
+        ) from error
+    try:
+        return CalibrationProfile.from_json(text).thresholds_for(face_model)
+    except CalibrationProfileError as error:
+        raise CalibrationProfileError(f"LIKENESS_SCORING_CALIBRATION_PROFILE={path}: {error}") from error

@@ -1,0 +1,139 @@
+"""`likeness calibrate` as an operator runs it, on public-domain photos that ship inside packages."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import ImageOps
+
+from services.scoring.adapters.models import thresholds_from
+from services.scoring.calibration import CalibrationProfile
+from services.scoring.settings import ScoringSettings
+from tests.sample_images import astronaut, darkened, grace_hopper, plain_gray
+
+MODEL = "dlib_face_recognition_resnet_model_v1 (HOG, jitters=1)"
+PAIRS = [
+    ("astronaut.png", "astronaut-mirrored.png", "same"),
+    ("astronaut.png", "people/astronaut-head.png", "same"),
+    ("astronaut-mirrored.png", "people/astronaut-dark.jpg", "same"),
+    ("hopper.jpg", "hopper-mirrored.png", "same"),
+    ("astronaut.png", "hopper.jpg", "different"),
+    ("astronaut-mirrored.png", "hopper-mirrored.png", "different"),
+    ("people/astronaut-head.png", "hopper.jpg", "different"),
+    ("astronaut.png", "gray.png", "same"),  # no face in gray.png: counted, listed, not scored
+]
+
+
+def cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LIKENESS_SCORING_")}
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", "calibrate", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**env, "LIKENESS_CALIBRATION_DIR": str(data_dir / "calibration"), "COLUMNS": "200"},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    (folder / "people").mkdir()
+    photo, hopper = astronaut(), grace_hopper()
+    photo.save(folder / "astronaut.png")
+    ImageOps.mirror(photo).save(folder / "astronaut-mirrored.png")
+    photo.crop((100, 0, 400, 300)).save(folder / "people" / "astronaut-head.png")
+    darkened(photo, 0.3).save(folder / "people" / "astronaut-dark.jpg", quality=80)
+    hopper.save(folder / "hopper.jpg")
+    ImageOps.mirror(hopper).save(folder / "hopper-mirrored.png")
+    plain_gray(256).save(folder / "gray.png")
+    return folder
+
+
+def write_pairs(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_a", "image_b", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def test_calibrate_prints_the_figures_and_saves_a_profile(images: Path, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "tiny.csv", PAIRS)
+    data_dir = tmp_path / "data"
+
+    result = cli("--pairs", str(pairs), "--images", str(images), "--save", "tiny", data_dir=data_dir)
+
+    out = result.stdout
+    print(out, result.stderr)
+    assert result.returncode == 0, out + result.stderr
+    assert f"face model: {MODEL}" in out
+    assert "Face calibration on tiny.csv" in out
+    assert re.search(r"pairs in file\s*│\s*8\s*│", out)
+    assert "7 (4 same, 3 different)" in out
+    assert "gray.png" in out
+    assert "astronaut.png  vs  gray.png" in out
+    assert "ROC AUC" in out
+    assert "1.000000" in out  # every same pair here is far closer than every different one
+    assert "in use (setting face_same_below)" in out
+    assert "1.0000 (7/7)" in out  # accuracy at 0.6 and at the EER threshold
+
+    saved = data_dir / "calibration" / "tiny.json"
+    assert f"Saved profile 'tiny' to {saved}" in out.replace("\n", "")
+    profile = CalibrationProfile.from_json(saved.read_text())
+    assert profile.name == "tiny"
+    assert profile.face_model == MODEL
+    assert profile.face_same_below == profile.face_uncertain_below == profile.figures.threshold
+    assert (profile.figures.pairs, profile.figures.no_face_pairs, profile.figures.accuracy) == (7, 1, 1.0)
+    assert profile.figures.source == "tiny.csv"
+    # The scoring service takes its thresholds from the saved file.
+    settings = ScoringSettings(calibration_profile=saved)
+    assert thresholds_from(settings, face_model=MODEL).face_same_below == profile.face_same_below
+
+
+def test_a_threshold_and_a_band(images: Path, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "tiny.csv", PAIRS)
+    data_dir = tmp_path / "data"
+
+    result = cli(
+        *("--pairs", str(pairs), "--images", str(images)),
+        *("--threshold", "0.65", "--save", "banded", "--uncertain-band", "0.1"),
+        data_dir=data_dir,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "in use (--threshold)" in result.stdout
+    assert "0.6500" in result.stdout
+    # Astronaut and Grace Hopper mirrored are 0.645 apart, the closest different pair here.
+    assert "0.8571 (6/7)" in result.stdout
+    assert "0.3333" in result.stdout  # one of three different pairs called same
+    profile = CalibrationProfile.from_json((data_dir / "calibration" / "banded.json").read_text())
+    assert profile.face_same_below == pytest.approx(profile.figures.threshold - 0.05)
+    assert profile.face_uncertain_below == pytest.approx(profile.figures.threshold + 0.05)
+
+
+@pytest.mark.parametrize(
+    ("rows", "args", "message"),
+    [
+        ([("astronaut.png", "hopper.jpg", "maybe")], (), "unknown label 'maybe'; use `same` or `different`"),
+        ([("astronaut.png", "nobody.png", "same")], (), "nobody.png"),
+        ([("astronaut.png", "hopper.jpg", "different")], ("--save", "Bad Name"), "a-z, 0-9"),
+    ],
+)
+def test_mistakes_exit_2_and_say_what_to_fix(
+    images: Path, tmp_path: Path, rows: list[tuple[str, str, str]], args: tuple[str, ...], message: str
+) -> None:
+    pairs = write_pairs(tmp_path / "bad.csv", rows)
+
+    result = cli("--pairs", str(pairs), "--images", str(images), *args, data_dir=tmp_path / "data")
+
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,338 @@
+"""Calibration figures on small hand-made distance lists with known answers; profiles; input checks."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from infra.calibrate import CalibrationInputError, describe_images, read_pairs, save_profile, threshold_in_use
+from infra.cli import _calibration_dir
+from services.scoring.adapters.models import thresholds_from
+from services.scoring.calibration import (
+    CalibrationProfile,
+    CalibrationProfileError,
+    ProfileFigures,
+    best_accuracy,
+    calibration_report,
+    candidate_thresholds,
+    confusion_at,
+    equal_error_rate,
+    profile_from_report,
+    roc_auc,
+    validate_profile_name,
+)
+from services.scoring.ports import FaceObservation
+from services.scoring.scorer import ScoringThresholds
+from services.scoring.settings import ScoringSettings
+
+# One same pair (0.7) is farther than one different pair (0.5).
+SAME = [0.1, 0.2, 0.3, 0.7]
+DIFFERENT = [0.5, 0.8, 0.9, 1.0]
+MODEL = "dlib_face_recognition_resnet_model_v1 (HOG, jitters=1)"
+
+
+def test_auc_is_1_when_every_same_pair_is_closer() -> None:
+    assert roc_auc([0.1, 0.2, 0.3], [0.7, 0.8]) == 1.0
+
+
+def test_auc_is_0_when_every_same_pair_is_farther() -> None:
+    assert roc_auc([0.7, 0.8], [0.1, 0.2, 0.3]) == 0.0
+
+
+def test_auc_counts_a_tie_as_one_half() -> None:
+    assert roc_auc([0.5, 0.5], [0.5, 0.5, 0.5]) == 0.5
+    # (0.2,0.5) 1, (0.2,0.8) 1, (0.5,0.5) 1/2, (0.5,0.8) 1: 3.5 of 4
+    assert roc_auc([0.2, 0.5], [0.5, 0.8]) == 0.875
+
+
+def test_auc_with_one_same_pair_out_of_place() -> None:
+    # 0.7 beats 3 of 4 different pairs; the other three same pairs beat all 4: 15 of 16.
+    assert roc_auc(SAME, DIFFERENT) == 15 / 16
+
+
+def test_auc_equals_counting_every_pair_with_ties() -> None:
+    rng = random.Random(7)
+    same = [round(rng.uniform(0.2, 0.7), 1) for _ in range(40)]
+    different = [round(rng.uniform(0.4, 1.0), 1) for _ in range(55)]
+    wins = sum(1.0 if s < d else 0.5 if s == d else 0.0 for s in same for d in different)
+    assert roc_auc(same, different) == pytest.approx(wins / (len(same) * len(different)), abs=1e-12)
+
+
+def test_confusion_counts_at_a_threshold() -> None:
+    at = confusion_at(SAME, DIFFERENT, 0.6)
+    assert (at.true_positives, at.false_negatives, at.false_positives, at.true_negatives) == (3, 1, 1, 3)
+    assert at.accuracy == 0.75
+    assert at.true_positive_rate == 0.75
+    assert at.false_positive_rate == 0.25
+
+
+def test_a_distance_equal_to_the_threshold_is_not_same() -> None:
+    """Like the scorer's verdict: "same" needs distance < threshold."""
+    at = confusion_at(SAME, DIFFERENT, 0.5)
+    assert at.false_positives == 0
+    assert at.true_negatives == 4
+    assert confusion_at(SAME, DIFFERENT, 0.3).true_positives == 2
+
+
+def test_eer_threshold_balances_the_two_error_rates() -> None:
+    at = equal_error_rate(SAME, DIFFERENT)
+    assert at.threshold == pytest.approx(0.6)  # between 0.5 and 0.7: one miss, one false match
+    assert at.false_negative_rate == at.false_positive_rate == 0.25
+    report = calibration_report(SAME, DIFFERENT, threshold=0.6, face_model=MODEL, source="pairs.csv")
+    assert report.eer == 0.25
+
+
+def test_eer_with_perfect_separation_is_0_midway_between_the_groups() -> None:
+    at = equal_error_rate([0.2, 0.4, 0.45], [0.75, 0.9])
+    assert at.threshold == pytest.approx(0.6)
+    assert at.accuracy == 1.0
+
+
+def test_eer_weighs_both_errors_equally_however_unbalanced_the_labels() -> None:
+    same = [0.1, 0.2, 0.3, 0.4, 0.65]  # one same pair in five is far
+    different = [0.5 + i / 100 for i in range(100)]  # 0.50 .. 1.49
+    at = equal_error_rate(same, different)
+    assert at.false_negative_rate == pytest.approx(0.2)
+    # FPR 0.15 is the closest to FNR 0.2 (one more step: FNR 0 and FPR 0.16, 0.16 apart).
+    assert at.false_positive_rate == pytest.approx(0.15)
+    best = best_accuracy(same, different)
+    assert best.threshold == pytest.approx(0.45)  # more pairs right by giving up the far same pair
+    assert best.accuracy == pytest.approx(104 / 105)
+
+
+def test_best_accuracy_threshold_and_its_tie_break() -> None:
+    best = best_accuracy(SAME, DIFFERENT)
+    # 0.4 and 0.75 both get 7 of 8 right; the lower one calls fewer pairs "same".
+    assert best.threshold == pytest.approx(0.4)
+    assert best.accuracy == 0.875
+
+
+def test_candidate_thresholds_cover_every_outcome() -> None:
+    candidates = candidate_thresholds([0.2, 0.4], [0.4, 0.6])
+    assert candidates[0] == 0.2
+    assert candidates[1:3] == pytest.approx([0.3, 0.5])
+    assert 0.6 < candidates[-1] < 0.6000001
+    assert [confusion_at([0.2, 0.4], [0.4, 0.6], t).true_positives for t in candidates] == [0, 1, 2, 2]
+
+
+@pytest.mark.parametrize(("same", "different"), [([], [0.5]), ([0.5], []), ([0.1, float("nan")], [0.5])])
+def test_metrics_refuse_missing_labels_and_non_finite_distances(same: list[float], different: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"at least one|finite"):
+        roc_auc(same, different)
+
+
+def test_report_counts_and_lists_pairs_without_a_face() -> None:
+    report = calibration_report(
+        SAME,
+        DIFFERENT,
+        threshold=0.6,
+        face_model=MODEL,
+        source="pairs.csv",
+        no_face_pairs=[("a.jpg", "gray.png")],
+        no_face_images=["gray.png"],
+    )
+    assert report.pairs_in_file == 9
+    assert (report.same_pairs, report.different_pairs) == (4, 4)
+    assert report.no_face_pairs == (("a.jpg", "gray.png"),)
+    assert report.in_use.threshold == 0.6
+    assert report.at_best_accuracy.threshold == pytest.approx(0.4)
+
+
+def report() -> CalibrationProfile:
+    return profile_from_report(
+        calibration_report(SAME, DIFFERENT, threshold=0.6, face_model=MODEL, source="pairs.csv"),
+        name="studio-2026_11",
+        created_at=datetime(2026, 11, 24, 9, 30, 15, 123456, tzinfo=UTC),
+    )
+
+
+def test_profile_saves_the_eer_threshold_without_a_band() -> None:
+    profile = report()
+    assert profile.face_same_below == profile.face_uncertain_below == pytest.approx(0.6)
+    assert profile.face_model == MODEL
+    assert profile.figures == ProfileFigures(
+        source="pairs.csv",
+        pairs=8,
+        same_pairs=4,
+        different_pairs=4,
+        no_face_pairs=0,
+        auc=15 / 16,
+        eer=0.25,
+        threshold=profile.face_same_below,
+        accuracy=0.75,
+    )
+
+
+def test_profile_json_round_trip_is_exact() -> None:
+    profile = report()
+    again = CalibrationProfile.from_json(profile.to_json())
+    assert again == profile
+    assert again.created_at.tzinfo is not None
+
+
+def test_uncertain_band_is_centred_on_the_eer_threshold() -> None:
+    base = calibration_report(SAME, DIFFERENT, threshold=0.6, face_model=MODEL, source="pairs.csv")
+    profile = profile_from_report(base, name="banded", created_at=datetime.now(UTC), uncertain_band=0.1)
+    assert profile.face_same_below == pytest.approx(0.55)
+    assert profile.face_uncertain_below == pytest.approx(0.65)
+    with pytest.raises(ValueError, match="narrower band"):
+        profile_from_report(base, name="banded", created_at=datetime.now(UTC), uncertain_band=1.5)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"format": "something.else"}',
+        report().to_json().replace('"face_same_below": 0.6', '"face_same_below": 0.9'),  # above uncertain_below
+        report().to_json().replace('"name": "studio-2026_11"', '"name": "../etc"'),
+        report().to_json().replace('"figures": {', '"figures": {"extra": 1, '),
+    ],
+)
+def test_anything_but_a_profile_is_refused_with_advice(text: str) -> None:
+    with pytest.raises(CalibrationProfileError, match="likeness calibrate"):
+        CalibrationProfile.from_json(text)
+
+
+def test_profile_refuses_thresholds_for_another_face_model() -> None:
+    profile = report()
+    assert profile.thresholds_for(MODEL) == ScoringThresholds(profile.face_same_below, profile.face_uncertain_below)
+    with pytest.raises(CalibrationProfileError, match=r"jitters=10.*not comparable"):
+        profile.thresholds_for(MODEL.replace("jitters=1", "jitters=10"))
+
+
+@pytest.mark.parametrize("name", ["default", "dlib-2026-11", "a_b", "x" * 64])
+def test_profile_names_that_are_allowed(name: str) -> None:
+    assert validate_profile_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "Studio", "../etc", "a/b", "a.json", "has space", "x" * 65, "ümlaut"])
+def test_profile_names_that_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=r"a-z, 0-9"):
+        validate_profile_name(name)
+
+
+def test_saved_profile_file_is_named_after_the_profile(tmp_path: Path) -> None:
+    profile = report()
+    path = save_profile(profile, tmp_path / "calibration")
+    assert path == tmp_path / "calibration" / "studio-2026_11.json"
+    assert CalibrationProfile.from_json(path.read_text()) == profile
+    assert [p.name for p in path.parent.iterdir()] == ["studio-2026_11.json"]
+
+
+def test_calibration_dir_defaults_to_the_project_and_can_be_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LIKENESS_PROJECT_DIR", str(tmp_path / "project"))
+    monkeypatch.delenv("LIKENESS_CALIBRATION_DIR", raising=False)
+    monkeypatch.setenv("LIKENESS_DATA_DIR", str(tmp_path / "stack"))  # the stack's folder is not the place
+    assert _calibration_dir() == tmp_path / "project" / ".likeness" / "calibration"
+    monkeypatch.setenv("LIKENESS_CALIBRATION_DIR", str(tmp_path / "profiles"))
+    assert _calibration_dir() == tmp_path / "profiles"
+
+
+# The scoring service's wiring: a profile replaces the two threshold settings.
+
+
+def test_scoring_thresholds_come_from_the_profile_when_set(tmp_path: Path) -> None:
+    profile = replace(report(), face_same_below=0.5, face_uncertain_below=0.55)
+    path = save_profile(profile, tmp_path)
+    settings = ScoringSettings(calibration_profile=path, face_same_below=0.3, face_uncertain_below=0.3)
+    assert thresholds_from(settings, face_model=MODEL) == ScoringThresholds(0.5, 0.55)
+    assert thresholds_from(ScoringSettings(), face_model=MODEL) == ScoringThresholds(0.6, 0.6)
+
+
+def test_scoring_refuses_a_missing_profile_or_one_for_another_model(tmp_path: Path) -> None:
+    missing = ScoringSettings(calibration_profile=tmp_path / "nope.json")
+    with pytest.raises(CalibrationProfileError, match=r"nope\.json cannot be read"):
+        thresholds_from(missing, face_model=MODEL)
+    path = save_profile(report(), tmp_path)
+    with pytest.raises(CalibrationProfileError, match="not comparable"):
+        thresholds_from(ScoringSettings(calibration_profile=path), face_model="another model")
+
+
+def test_threshold_in_use_is_the_option_then_the_profile_then_the_setting(tmp_path: Path) -> None:
+    path = save_profile(replace(report(), face_same_below=0.5, face_uncertain_below=0.5), tmp_path)
+    assert threshold_in_use(ScoringSettings(face_same_below=0.55), MODEL, None).value == 0.55
+    with_profile = threshold_in_use(ScoringSettings(calibration_profile=path), MODEL, None)
+    assert (with_profile.value, with_profile.source) == (0.5, "profile 'studio-2026_11'")
+    assert threshold_in_use(ScoringSettings(calibration_profile=path), MODEL, 0.7).value == 0.7
+    with pytest.raises(CalibrationInputError, match="above 0"):
+        threshold_in_use(ScoringSettings(), MODEL, 0.0)
+
+
+# Reading the pairs file: each mistake gets a message that says what to fix.
+
+
+@pytest.fixture
+def images_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    (folder / "people").mkdir(parents=True)
+    for name in ("a.png", "b.png", "people/c.png"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    return folder
+
+
+def write_csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pairs.csv"
+    path.write_text(text)
+    return path
+
+
+def test_reads_labelled_pairs(tmp_path: Path, images_dir: Path) -> None:
+    pairs_csv = write_csv(tmp_path, "image_a,image_b,label\na.png,b.png,same\n\na.png, people/c.png ,different\n")
+    pairs = read_pairs(pairs_csv, images_dir)
+    assert [(p.image_a, p.image_b, p.same) for p in pairs] == [
+        ("a.png", "b.png", True),
+        ("a.png", "people/c.png", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", r"first line must be the header `image_a,image_b,label`; found `an empty file`"),
+        ("a,b,label\na.png,b.png,same\n", r"must be the header .*found `a,b,label`"),
+        ("image_a,image_b,label\n", "no pairs"),
+        ("image_a,image_b,label\na.png,b.png,Same\n", r"line 2: unknown label 'Same'; use `same` or `different`"),
+        ("image_a,image_b,label\na.png,b.png,same\na.png,b.png\n", r"line 3: expected 3 fields"),
+        ("image_a,image_b,label\na.png,,same\n", r"line 2: an image path is empty"),
+        ("image_a,image_b,label\na.png,missing.png,same\n", r"1 image\(s\) .* not in .*: missing.png.*relative to"),
+    ],
+)
+def test_bad_pairs_files_are_refused(tmp_path: Path, images_dir: Path, text: str, message: str) -> None:
+    with pytest.raises(CalibrationInputError, match=message):
+        read_pairs(write_csv(tmp_path, text), images_dir)
+
+
+def test_missing_pairs_file_or_images_folder(tmp_path: Path, images_dir: Path) -> None:
+    with pytest.raises(CalibrationInputError, match=r"nope\.csv not found: pass --pairs"):
+        read_pairs(tmp_path / "nope.csv", images_dir)
+    pairs_csv = write_csv(tmp_path, "image_a,image_b,label\na.png,b.png,same\n")
+    with pytest.raises(CalibrationInputError, match="pass --images"):
+        read_pairs(pairs_csv, tmp_path / "no-such-folder")
+
+
+class OneFaceEverywhere:
+    """A FaceEmbedder that sees the same face in every image it is given."""
+
+    model_name = "fake face model"
+
+    def observe(self, image: Image.Image) -> FaceObservation:
+        return FaceObservation(faces_found=1, descriptor=np.zeros(128, dtype=np.float32), box=(0, 0, 1, 1))
+
+
+def test_an_image_that_cannot_be_read_is_named(images_dir: Path) -> None:
+    (images_dir / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    quiet = Console(quiet=True)
+    assert describe_images(["a.png"], images_dir, OneFaceEverywhere(), quiet)["a.png"] is not None
+    with pytest.raises(CalibrationInputError, match=r"cannot read image .*broken\.jpg.*remove its pairs"):
+        describe_images(["a.png", "broken.jpg"], images_dir, OneFaceEverywhere(), quiet)
