@@ -49,6 +49,7 @@ def demo(
 
     result = run_demo(_project_dir(), console, timeout_s=timeout)
     console.print(report.results_table(result.character))
+    console.print(report.stats_table(result.character))
     console.print(f"CSV:  {result.csv_path}")
     console.print(f"HTML: {result.html_path}")
     memory = ", ".join(f"{name} {mb:.0f} MB" for name, mb in result.service_rss_mb.items())

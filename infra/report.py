@@ -10,6 +10,7 @@ import csv
 import hashlib
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ import jinja2
 from rich.table import Table
 from rich.text import Text
 
+from services.scoring.statistics import ScoreStats, group_label, group_stats, shots_stats
+
 SIMULATED_BANNER = "SIMULATED: images are transformed reference photos, not model output"
 UNCALIBRATED_BANNER = "CLIP UNCALIBRATED: random weights, the CLIP similarity means nothing"
 VERDICTS = ("same", "uncertain", "different", "no_face")
@@ -28,6 +31,14 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+STATS_HEADERS = (
+    "scenario",
+    "shots scored",
+    "mean face distance ± 95% CI",
+    "std",
+    'pass rate (judged "same")',
+    "pass rate 95% CI",
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,9 @@ class Summary(TypedDict):
     drifted: int
     drift_caught: int
     drift_missed: int
+    face_distance_stats: ScoreStats  # the whole character
+    scenario_stats: dict[str, ScoreStats]  # "" for shots without a scenario
+    provider_stats: dict[str, ScoreStats]
 
 
 def _get(mapping: Any, *path: str) -> Any:
@@ -189,6 +203,9 @@ def summary(character: Mapping[str, Any]) -> Summary:
         drifted=sum(bool(row.drifted) for row in rows),
         drift_caught=sum(row.gate in {"caught", "flagged", "no face found"} for row in drifted),
         drift_missed=sum(row.gate == "MISSED" for row in drifted),
+        face_distance_stats=shots_stats(_shots(character)),
+        scenario_stats=group_stats(_shots(character), "scenario"),
+        provider_stats=group_stats(_shots(character), "provider"),
     )
 
 
@@ -242,6 +259,80 @@ def summary_line(stats: Summary) -> str:
     return " · ".join(parts)
 
 
+# --- consistency statistics, shared by the table and the page --------------------------------------
+
+
+@dataclass(frozen=True)
+class StatsLine:
+    kind: str  # "scenario", "provider" or "all"
+    label: str
+    shots: int  # every shot in the group, failed and in flight included
+    stats: ScoreStats
+
+
+def stats_lines(character: Mapping[str, Any]) -> list[StatsLine]:
+    """One line per scenario, one per provider when there are several, then one for the whole character."""
+    shots = _shots(character)
+    stats = summary(character)
+    lines = []
+    for kind, groups in (("scenario", stats["scenario_stats"]), ("provider", stats["provider_stats"])):
+        if kind == "provider" and len(groups) < 2:
+            continue
+        sizes = Counter(group_label(shot, kind) for shot in shots)
+        for label, group in groups.items():
+            shown = label or f"no {kind}"
+            lines.append(StatsLine(kind, shown if kind == "scenario" else f"provider: {shown}", sizes[label], group))
+    lines.append(StatsLine("all", "all shots", len(shots), stats["face_distance_stats"]))
+    return lines
+
+
+def stats_title(character: Mapping[str, Any]) -> str:
+    several = len(summary(character)["provider_stats"]) > 1
+    return "Consistency by scenario" + (" and provider" if several else "")
+
+
+def stats_notes(character: Mapping[str, Any]) -> list[str]:
+    notes = [
+        "face distance (lower = more alike): ± is the 95% confidence interval of the mean (Student t), "
+        "std the sample standard deviation; both need two or more faces",
+        'pass rate: the share of scored shots judged "same", with its 95% Wilson score interval; '
+        "few shots make wide intervals",
+    ]
+    thresholds = {_get(shot, "score", "face", "same_below") for shot in _shots(character)}
+    thresholds = {value for value in thresholds if isinstance(value, float | int) and not isinstance(value, bool)}
+    if len(thresholds) == 1:
+        notes.append(f'a face distance below {thresholds.pop():g} is judged "same"')
+    return notes
+
+
+def fmt_mean_ci(stats: ScoreStats) -> str:
+    if stats.mean is None:
+        return "—"
+    text = f"{stats.mean:.3f}"
+    if stats.ci95_high is not None:
+        text += f" ± {stats.ci95_high - stats.mean:.3f}"
+    if stats.count < stats.scored:
+        text += f" ({stats.count} faces)" if stats.count != 1 else " (1 face)"
+    return text
+
+
+def fmt_pass_rate(stats: ScoreStats) -> str:
+    return "—" if stats.pass_rate is None else f"{stats.pass_rate:.0%} ({stats.passed}/{stats.scored})"
+
+
+def fmt_pass_ci(stats: ScoreStats) -> str:
+    if stats.pass_ci95_low is None or stats.pass_ci95_high is None:
+        return "—"
+    return f"{stats.pass_ci95_low:.0%} to {stats.pass_ci95_high:.0%}"
+
+
+def stats_cells(line: StatsLine) -> tuple[str, str, str, str, str]:
+    """The cells after the label, in STATS_HEADERS order."""
+    stats = line.stats
+    shots = str(stats.scored) if stats.scored == line.shots else f"{stats.scored} of {line.shots}"
+    return shots, fmt_mean_ci(stats), fmt_number(stats.std), fmt_pass_rate(stats), fmt_pass_ci(stats)
+
+
 # --- terminal ----------------------------------------------------------------------------------------
 
 
@@ -286,6 +377,23 @@ def results_table(character: Mapping[str, Any]) -> Table:
             missed = row.gate in {"MISSED", "false alarm"}
             cells.append(Text(fmt_ground_truth(row), style="bold red" if missed else ""))
         table.add_row(*cells)
+    return table
+
+
+def stats_table(character: Mapping[str, Any]) -> Table:
+    table = Table(
+        title=stats_title(character),
+        caption=Text("\n".join(stats_notes(character))),
+        caption_justify="left",
+    )
+    for header in STATS_HEADERS:
+        table.add_column(header, justify="left" if header == "scenario" else "right")
+    previous = "scenario"
+    for line in stats_lines(character):
+        if line.kind != previous:
+            table.add_section()
+        previous = line.kind
+        table.add_row(Text(line.label), *stats_cells(line), style="bold" if line.kind == "all" else None)
     return table
 
 
@@ -457,6 +565,12 @@ def render_html(character: Mapping[str, Any], available: set[str]) -> str:
             shots=shots,
             stats=stats,
             summary_line=summary_line(stats),
+            stats_title=stats_title(character),
+            stats_headers=STATS_HEADERS,
+            stats_lines=[
+                {"kind": line.kind, "label": line.label, "cells": stats_cells(line)} for line in stats_lines(character)
+            ],
+            stats_notes=stats_notes(character),
             simulated_banner=SIMULATED_BANNER,
             uncalibrated_banner=UNCALIBRATED_BANNER,
             generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -18,13 +18,16 @@ from rich.text import Text
 from infra.report import (
     CSV_COLUMNS,
     SIMULATED_BANNER,
+    STATS_HEADERS,
     UNCALIBRATED_BANNER,
     results_table,
     shot_rows,
+    stats_table,
     summary,
     write_csv,
     write_html,
 )
+from services.scoring.statistics import ScoreStats, score_stats
 
 SCENARIOS = ("close-up portrait", "wide shot", "profile noir", "low light", "action")
 DRIFTED_SHOT = 4  # 1-based: judged different, and the simulator did drift it
@@ -182,6 +185,35 @@ def test_summary_counts_verdicts_distance_cost_and_latency() -> None:
     assert (stats["drifted"], stats["drift_caught"], stats["drift_missed"]) == (1, 1, 0)
 
 
+def scored_figures(character: dict[str, Any], scenario: str | None = None) -> tuple[list[float], list[str]]:
+    """The face distances and verdicts of the scored shots, straight from the character JSON."""
+    values, verdicts = [], []
+    for shot in character["shots"]:
+        if shot["score"] is None or scenario not in {None, shot["params"]["scenario"]}:
+            continue
+        verdicts.append(shot["score"]["verdict"])
+        if shot["score"]["face"]["distance"] is not None:
+            values.append(shot["score"]["face"]["distance"])
+    return values, verdicts
+
+
+def test_summary_has_consistency_statistics_for_the_character_each_scenario_and_provider() -> None:
+    character, _ = sample_character()
+
+    stats = summary(character)
+
+    overall = stats["face_distance_stats"]
+    assert overall == score_stats(*scored_figures(character))
+    assert (overall.count, overall.scored, overall.passed) == (13, 14, 11)
+    assert overall.mean == pytest.approx(stats["face_distance"]["mean"])
+    assert list(stats["scenario_stats"]) == list(SCENARIOS)
+    for scenario in SCENARIOS:
+        assert stats["scenario_stats"][scenario] == score_stats(*scored_figures(character, scenario))
+    # close-up portrait is shots 1, 6 and 11; 11 failed.
+    assert stats["scenario_stats"]["close-up portrait"] == score_stats([0.31, 0.36], ["same", "same"])
+    assert stats["provider_stats"] == {"simulator": overall}
+
+
 def test_summary_of_a_character_without_shots() -> None:
     stats = summary({"name": "new", "identity": None, "shots": []})
 
@@ -189,6 +221,8 @@ def test_summary_of_a_character_without_shots() -> None:
     assert stats["face_distance"]["mean"] is None
     assert stats["latency_p95_ms"] is None
     assert stats["total_cost_usd"] == 0.0
+    assert stats["face_distance_stats"].mean is None
+    assert stats["scenario_stats"] == stats["provider_stats"] == {}
 
 
 # --- terminal table ------------------------------------------------------------------------------
@@ -255,6 +289,85 @@ def test_table_marks_a_drift_the_gate_missed() -> None:
 
     assert "sim: drifted (MISSED)" in render(results_table(character))
     assert summary(character)["drift_missed"] == 1
+
+
+def mean_ci(stats: ScoreStats) -> str:
+    assert stats.mean is not None
+    assert stats.ci95_high is not None
+    return f"{stats.mean:.3f} ± {stats.ci95_high - stats.mean:.3f}"
+
+
+def pass_cells(stats: ScoreStats) -> tuple[str, str]:
+    assert stats.pass_rate is not None
+    assert stats.pass_ci95_low is not None
+    assert stats.pass_ci95_high is not None
+    return (
+        f"{stats.pass_rate:.0%} ({stats.passed}/{stats.scored})",
+        f"{stats.pass_ci95_low:.0%} to {stats.pass_ci95_high:.0%}",
+    )
+
+
+def table_line(text: str, label: str) -> list[str]:
+    """The cells of the table row whose first cell is `label`."""
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip("│ ").split("│")]
+        if cells[0] == label:
+            return cells
+    raise AssertionError(f"no row {label!r} in:\n{text}")
+
+
+def test_stats_table_shows_each_scenario_and_the_whole_character() -> None:
+    character, _ = sample_character()
+    stats = summary(character)
+
+    text = render(stats_table(character))
+
+    assert "Consistency by scenario" in text
+    assert "and provider" not in text
+    for header in STATS_HEADERS:
+        assert header in text
+    assert "face distance (lower = more alike)" in text
+    assert 'the share of scored shots judged "same"' in text
+    assert 'a face distance below 0.6 is judged "same"' in text
+    overall = stats["face_distance_stats"]
+    assert table_line(text, "all shots") == [
+        "all shots",
+        "14 of 15",
+        mean_ci(overall) + " (13 faces)",
+        f"{overall.std:.3f}",
+        *pass_cells(overall),
+    ]
+    assert table_line(text, "all shots")[2:] == ["0.425 ± 0.081 (13 faces)", "0.135", "79% (11/14)", "52% to 92%"]
+    action = stats["scenario_stats"]["action"]
+    assert table_line(text, "action") == ["action", "3", mean_ci(action), f"{action.std:.3f}", *pass_cells(action)]
+    assert table_line(text, "close-up portrait")[1] == "2 of 3", "the failed shot is counted, not scored"
+    assert table_line(text, "wide shot")[2].endswith("(2 faces)"), "the no_face shot is left out of the mean"
+
+
+def test_stats_table_adds_providers_when_there_are_several() -> None:
+    character, _ = sample_character()
+    character["shots"][0]["provider"] = "fal"
+
+    text = render(stats_table(character))
+
+    assert "Consistency by scenario and provider" in text
+    assert table_line(text, "provider: fal")[1:] == ["1", "0.310", "—", "100% (1/1)", "21% to 100%"]
+    assert table_line(text, "provider: simulator")[1] == "13 of 14"
+
+
+def test_stats_table_for_a_character_without_shots() -> None:
+    text = render(stats_table({"name": "new", "identity": None, "shots": []}))
+
+    assert table_line(text, "all shots") == ["all shots", "0", "—", "—", "—", "—"]
+
+
+def test_stats_table_prints_scenarios_verbatim_not_as_markup() -> None:
+    character, _ = sample_character()
+    for shot in character["shots"]:
+        if shot["params"]["scenario"] == "action":
+            shot["params"]["scenario"] = "[bold]action[/bold]"
+
+    assert "[bold]action[/bold]" in render(stats_table(character))
 
 
 # --- CSV -----------------------------------------------------------------------------------------
@@ -354,6 +467,33 @@ def test_html_summary_line(tmp_path: Path) -> None:
     assert "15 shots · same 11, uncertain 1, different 1, no_face 1 · failed 1" in html
     assert "mean face distance 0.425" in html
     assert "total cost $0.0520" in html
+
+
+def test_html_has_the_consistency_table_under_the_summary(tmp_path: Path) -> None:
+    character, images = sample_character()
+    character["shots"][0]["params"]["scenario"] = "<b>close</b>"
+    stats = summary(character)
+
+    html = write_html(character, images, tmp_path).read_text(encoding="utf-8")
+
+    summary_at, table_at, shots_at = (
+        html.index(marker) for marker in ('class="summary"', '<table class="stats">', "<h2>Shots")
+    )
+    assert summary_at < table_at < shots_at
+    assert "<h2>Consistency by scenario</h2>" in html
+    assert (
+        "".join(f'<th scope="col">{header}</th>' for header in STATS_HEADERS).replace('"same"', "&#34;same&#34;")
+        in html
+    )
+    assert "face distance (lower = more alike)" in html
+    assert "the share of scored shots judged &#34;same&#34;" in html
+    overall = stats["face_distance_stats"]
+    cells = ["14 of 15", mean_ci(overall) + " (13 faces)", f"{overall.std:.3f}", *pass_cells(overall)]
+    assert '<th scope="row">all shots</th>' + "".join(f"<td>{cell}</td>" for cell in cells) in html
+    action = stats["scenario_stats"]["action"]
+    cells = ["3", mean_ci(action), f"{action.std:.3f}", *pass_cells(action)]
+    assert '<th scope="row">action</th>' + "".join(f"<td>{cell}</td>" for cell in cells) in html
+    assert '<th scope="row">&lt;b&gt;close&lt;/b&gt;</th>' in html
 
 
 def test_html_refuses_image_bytes_that_do_not_match_their_hash(tmp_path: Path) -> None:
