@@ -21,7 +21,7 @@ import jinja2
 from rich.table import Table
 from rich.text import Text
 
-from services.scoring.statistics import ScoreStats, group_label, group_stats, shots_stats
+from services.scoring.statistics import ScoreStats, group_label, group_stats, lookup, shots_stats
 
 SIMULATED_BANNER = "SIMULATED: images are transformed reference photos, not model output"
 UNCALIBRATED_BANNER = "CLIP UNCALIBRATED: random weights, the CLIP similarity means nothing"
@@ -100,24 +100,15 @@ class Summary(TypedDict):
     provider_stats: dict[str, ScoreStats]
 
 
-def _get(mapping: Any, *path: str) -> Any:
-    """`mapping[a][b]...`, or None where any step is missing or null."""
-    for key in path:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
-
-
 def _shots(character: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [shot for shot in character.get("shots") or [] if isinstance(shot, Mapping)]
 
 
 def _verdict(shot: Mapping[str, Any]) -> str:
-    verdict = _get(shot, "score", "verdict")
+    verdict = lookup(shot, "score", "verdict")
     if verdict is not None:
         return str(verdict)
-    stage = _get(shot, "failure", "stage")
+    stage = lookup(shot, "failure", "stage")
     if stage is not None or shot.get("status") == "failed":
         return f"failed: {stage or 'unknown'}"
     return str(shot.get("status") or "unknown")
@@ -125,21 +116,21 @@ def _verdict(shot: Mapping[str, Any]) -> str:
 
 def _shot_row(index: int, shot: Mapping[str, Any]) -> ShotRow:
     simulation = shot.get("simulation")
-    simulated = bool(_get(simulation, "simulated"))
-    clip_calibrated = _get(shot, "score", "clip", "calibrated")
+    simulated = bool(lookup(simulation, "simulated"))
+    clip_calibrated = lookup(shot, "score", "clip", "calibrated")
     return ShotRow(
         index=index,
         shot_id=str(shot.get("shot_id", "")),
-        scenario=_get(shot, "params", "scenario"),
+        scenario=lookup(shot, "params", "scenario"),
         provider=str(shot.get("provider", "")),
         latency_ms=shot.get("latency_ms"),
         cost_usd=shot.get("cost_usd"),
-        face_distance=_get(shot, "score", "face", "distance"),
-        faces_found=_get(shot, "score", "face", "faces_found"),
-        clip_similarity=_get(shot, "score", "clip", "image_similarity"),
+        face_distance=lookup(shot, "score", "face", "distance"),
+        faces_found=lookup(shot, "score", "face", "faces_found"),
+        clip_similarity=lookup(shot, "score", "clip", "image_similarity"),
         clip_calibrated=None if clip_calibrated is None else bool(clip_calibrated),
         verdict=_verdict(shot),
-        drifted=bool(_get(simulation, "drifted")) if simulated else None,
+        drifted=bool(lookup(simulation, "drifted")) if simulated else None,
         simulated=simulated,
     )
 
@@ -149,7 +140,7 @@ def shot_rows(character: Mapping[str, Any]) -> list[ShotRow]:
 
 
 def is_simulated(character: Mapping[str, Any]) -> bool:
-    return bool(_get(character, "identity", "simulated")) or any(row.simulated for row in shot_rows(character))
+    return bool(lookup(character, "identity", "simulated")) or any(row.simulated for row in shot_rows(character))
 
 
 def clip_uncalibrated(character: Mapping[str, Any]) -> bool:
@@ -177,7 +168,7 @@ def summary(character: Mapping[str, Any]) -> Summary:
     similarities = [row.clip_similarity for row in scored if row.clip_similarity is not None]
     latencies = [row.latency_ms for row in rows if row.latency_ms is not None]
     shots_cost = sum(row.cost_usd for row in rows if row.cost_usd is not None)
-    identity_cost = float(_get(character, "identity", "cost_usd") or 0.0)
+    identity_cost = float(lookup(character, "identity", "cost_usd") or 0.0)
     drifted = [row for row in scored if row.drifted]
     return Summary(
         shots=len(rows),
@@ -298,7 +289,7 @@ def stats_notes(character: Mapping[str, Any]) -> list[str]:
         'pass rate: the share of scored shots judged "same", with its 95% Wilson score interval; '
         "few shots make wide intervals",
     ]
-    thresholds = {_get(shot, "score", "face", "same_below") for shot in _shots(character)}
+    thresholds = {lookup(shot, "score", "face", "same_below") for shot in _shots(character)}
     thresholds = {value for value in thresholds if isinstance(value, float | int) and not isinstance(value, bool)}
     if len(thresholds) == 1:
         notes.append(f'a face distance below {thresholds.pop():g} is judged "same"')
@@ -448,10 +439,10 @@ def write_csv(character: Mapping[str, Any], path: Path) -> Path:
         "strategy": character.get("strategy"),
         "character_provider": character.get("provider"),
         "character_status": character.get("status"),
-        "identity_state": _get(identity, "state"),
-        "identity_simulated": _get(identity, "simulated"),
-        "identity_cost_usd": _get(identity, "cost_usd"),
-        "training_seconds": _get(identity, "training_seconds"),
+        "identity_state": lookup(identity, "state"),
+        "identity_simulated": lookup(identity, "simulated"),
+        "identity_cost_usd": lookup(identity, "cost_usd"),
+        "training_seconds": lookup(identity, "training_seconds"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as out:
@@ -460,18 +451,18 @@ def write_csv(character: Mapping[str, Any], path: Path) -> Path:
         for row, shot in zip(shot_rows(character), _shots(character), strict=True):
             extra = {
                 "status": shot.get("status"),
-                "prompt": _get(shot, "params", "prompt"),
-                "seed": _get(shot, "params", "seed"),
+                "prompt": lookup(shot, "params", "prompt"),
+                "seed": lookup(shot, "params", "seed"),
                 "attempts": shot.get("attempts"),
-                "face_mean_distance": _get(shot, "score", "face", "mean_distance"),
-                "face_same_below": _get(shot, "score", "face", "same_below"),
-                "face_model": _get(shot, "score", "face", "model"),
-                "clip_model": _get(shot, "score", "clip", "model"),
-                "scorer_version": _get(shot, "score", "scorer_version"),
-                "failure_stage": _get(shot, "failure", "stage"),
-                "failure_reason": _get(shot, "failure", "reason"),
-                "sim_transform": _get(shot, "simulation", "transform"),
-                "image_sha256": _get(shot, "image", "sha256"),
+                "face_mean_distance": lookup(shot, "score", "face", "mean_distance"),
+                "face_same_below": lookup(shot, "score", "face", "same_below"),
+                "face_model": lookup(shot, "score", "face", "model"),
+                "clip_model": lookup(shot, "score", "clip", "model"),
+                "scorer_version": lookup(shot, "score", "scorer_version"),
+                "failure_stage": lookup(shot, "failure", "stage"),
+                "failure_reason": lookup(shot, "failure", "reason"),
+                "sim_transform": lookup(shot, "simulation", "transform"),
+                "image_sha256": lookup(shot, "image", "sha256"),
             }
             values = shared | asdict(row) | extra
             writer.writerow(_csv_cell(values[column]) for column in CSV_COLUMNS)
@@ -483,7 +474,7 @@ def write_csv(character: Mapping[str, Any], path: Path) -> Path:
 
 def _image_file(ref: Any) -> str | None:
     """`images/<sha256>.<ext>` for an ImageRef-like dict, or None if it cannot name a safe file."""
-    sha256, ext = _get(ref, "sha256"), _EXTENSIONS.get(str(_get(ref, "content_type")))
+    sha256, ext = lookup(ref, "sha256"), _EXTENSIONS.get(str(lookup(ref, "content_type")))
     if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256) or ext is None:
         return None
     return f"images/{sha256}.{ext}"
@@ -493,7 +484,7 @@ def _write_images(refs: Iterable[Any], images: Mapping[str, bytes], out_dir: Pat
     written: set[str] = set()
     for ref in refs:
         name = _image_file(ref)
-        data = images.get(_get(ref, "sha256") or "")
+        data = images.get(lookup(ref, "sha256") or "")
         if name is None or data is None or name in written:
             continue
         if hashlib.sha256(data).hexdigest() != ref["sha256"]:
@@ -510,8 +501,8 @@ def _failure(shot: Mapping[str, Any]) -> dict[str, str] | None:
     if shot.get("failure") is None:
         return None
     return {
-        "stage": str(_get(shot, "failure", "stage") or "unknown"),
-        "reason": str(_get(shot, "failure", "reason") or ""),
+        "stage": str(lookup(shot, "failure", "stage") or "unknown"),
+        "reason": str(lookup(shot, "failure", "reason") or ""),
     }
 
 
@@ -534,20 +525,20 @@ def render_html(character: Mapping[str, Any], available: set[str]) -> str:
                 "ground_truth": fmt_ground_truth(row),
                 "flagged": row.verdict != "same",
                 "verdict_class": row.verdict.split(":")[0].replace("_", "-"),
-                "prompt": _get(shot, "params", "prompt") or "",
+                "prompt": lookup(shot, "params", "prompt") or "",
                 "failure": _failure(shot),
                 "attempts": shot.get("attempts"),
                 "image": image if image in available else None,
-                "width": _get(shot, "image", "width"),
-                "height": _get(shot, "image", "height"),
+                "width": lookup(shot, "image", "width"),
+                "height": lookup(shot, "image", "height"),
             }
         )
     references = [
         {
             "file": _image_file(ref) if _image_file(ref) in available else None,
-            "width": _get(ref, "width"),
-            "height": _get(ref, "height"),
-            "content_type": _get(ref, "content_type"),
+            "width": lookup(ref, "width"),
+            "height": lookup(ref, "height"),
+            "content_type": lookup(ref, "content_type"),
         }
         for ref in character.get("references") or []
     ]

@@ -86,7 +86,8 @@ def score_stats(values: Sequence[float], verdicts: Sequence[str]) -> ScoreStats:
     )
 
 
-def _get(mapping: Any, *path: str) -> Any:
+def lookup(mapping: Any, *path: str) -> Any:
+    """`mapping[a][b]...` in the gateway's JSON, or None where any step is missing or null."""
     for key in path:
         if not isinstance(mapping, Mapping):
             return None
@@ -96,7 +97,7 @@ def _get(mapping: Any, *path: str) -> Any:
 
 def group_label(shot: Mapping[str, Any], key: str) -> str:
     """The shot's provider or scenario; "" when it has none."""
-    value = shot.get("provider") if key == "provider" else _get(shot, "params", "scenario")
+    value = shot.get("provider") if key == "provider" else lookup(shot, "params", "scenario")
     return "" if value is None else str(value)
 
 
@@ -105,11 +106,11 @@ def shots_stats(shots: Iterable[Mapping[str, Any]]) -> ScoreStats:
     values: list[float] = []
     verdicts: list[str] = []
     for shot in shots:
-        verdict = _get(shot, "score", "verdict")
+        verdict = lookup(shot, "score", "verdict")
         if verdict not in SCORED_VERDICTS:
             continue
         verdicts.append(verdict)
-        distance = _get(shot, "score", "face", "distance")
+        distance = lookup(shot, "score", "face", "distance")
         if isinstance(distance, int | float) and not isinstance(distance, bool):
             values.append(float(distance))
     return score_stats(values, verdicts)
