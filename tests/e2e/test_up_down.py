@@ -11,7 +11,7 @@ import pytest
 
 from infra.demo import GatewayClient
 from infra.sample import sample_reference_png
-from infra.stack import stack_running
+from infra.stack import EmbeddedStack, stack_running
 from infra.stack.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -58,4 +58,5 @@ def test_up_down_up_keeps_characters(tmp_path: Path) -> None:
         client.close()
     finally:
         cli("down", "--data-dir", str(data_dir))
+        EmbeddedStack(data_dir).postgres.remove_external_cluster()  # kept under /var/lib/likeness as root
     assert not stack_running(data_dir)
