@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,16 +21,21 @@ from infra.stack.containers import ContainerStack, docker_engine_problem  # noqa
 BACKENDS = ("embedded", "docker")
 
 
-@pytest.fixture(scope="session")
-def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    """One embedded stack for the whole session (started on first use), in a fresh temporary folder."""
-    stack = EmbeddedStack(tmp_path_factory.mktemp("stack"))
+def running_stack(folder: Path) -> Iterator[EmbeddedStack]:
+    """Start a stack in `folder`, yield it, then stop it and remove what it kept outside the folder."""
+    stack = EmbeddedStack(folder)
     stack.start()
     try:
         yield stack
     finally:
         stack.stop()
         stack.postgres.remove_external_cluster()  # a cluster kept under /var/lib/likeness when run as root
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    """One embedded stack for the whole session (started on first use), in a fresh temporary folder."""
+    yield from running_stack(tmp_path_factory.mktemp("stack"))
 
 
 @pytest.fixture(scope="session")

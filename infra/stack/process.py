@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -43,6 +44,13 @@ def log_tail(log_path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _identity(run_as: RunAs | None) -> dict[str, Any]:
+    """Popen arguments that run a child as `run_as` (no extra groups, private files), or as ourselves."""
+    if run_as is None:
+        return {}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": [], "umask": 0o077}
+
+
 def spawn(
     argv: Sequence[str | Path],
     *,
@@ -68,10 +76,7 @@ def spawn(
             env=dict(env),
             cwd=cwd,
             start_new_session=True,
-            user=None if run_as is None else run_as.uid,
-            group=None if run_as is None else run_as.gid,
-            extra_groups=None if run_as is None else [],
-            umask=-1 if run_as is None else 0o077,
+            **_identity(run_as),
         )
 
 
@@ -102,10 +107,7 @@ def run_tool(
                 cwd=cwd,
                 timeout=timeout,
                 check=False,
-                user=None if run_as is None else run_as.uid,
-                group=None if run_as is None else run_as.gid,
-                extra_groups=None if run_as is None else [],
-                umask=-1 if run_as is None else 0o077,
+                **_identity(run_as),
             )
         except subprocess.TimeoutExpired as exc:
             raise StackError(f"{what} did not finish in {timeout:.0f} s; see {log_path}") from exc

@@ -29,6 +29,7 @@ from infra.stack.embedded import state_path
 from infra.stack.nats import NatsServer
 from infra.stack.ports import RESERVED_PORTS
 from infra.stack.postgres import PostgresServer, bundled_pginstall
+from tests.conftest import running_stack
 from tests.integration.stack_checks import (
     check_jetstream_deduplicates,
     check_object_store_roundtrip,
@@ -52,13 +53,7 @@ ENV_NAMES = {
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     """A stack these tests may stop, kill and restart without disturbing the session's stack."""
-    stack = EmbeddedStack(tmp_path_factory.mktemp("own-stack"))
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
-        stack.postgres.remove_external_cluster()
+    yield from running_stack(tmp_path_factory.mktemp("own-stack"))
 
 
 def _ports(endpoints: StackEndpoints) -> list[tuple[str | None, int | None]]:
