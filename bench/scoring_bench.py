@@ -2,10 +2,12 @@
 
 (a) naive per pair: what a research script does. One open_clip ViT-B-32 (whole model, float32) loaded
     once; then for every shot the reference and the shot are embedded together (a batch of 2) and
-    compared, and dlib describes the reference's face and the shot's face again (face_recognition's
-    defaults: HOG upsampled once, 5-point landmarks, 1 jitter). Nothing is cached.
-(b) the models alone, no service: our Scorer (DlibFaceEmbedder + OpenClipImageEmbedder(precision="auto"))
-    with the reference embedded once, then `score_batch` over the shots in batches: this machine's limit.
+    compared, the prompt is embedded and compared with the shot (CLIP-T), and dlib describes the
+    reference's face and the shot's face again (face_recognition's defaults: HOG upsampled once,
+    5-point landmarks, 1 jitter). Nothing is cached.
+(b) the models alone, no service: our Scorer (DlibFaceEmbedder + OpenClipImageEmbedder(precision="auto")
+    for CLIP-I and CLIP-T) with the reference embedded once, then `score_batch` over the shots in
+    batches: this machine's limit.
 (c) the scoring service as its own process on the embedded stack, fed through NATS: ShotStored events in,
     ShotScored events out, images from the object store, reference embeddings cached in PostgreSQL.
 
@@ -54,14 +56,14 @@ from services.scoring.adapters.face import (
     DlibFaceEmbedder,
     default_models_dir,
 )
-from services.scoring.scorer import Scorer
+from services.scoring.scorer import Scorer, ShotToScore
 
 TENANT = "bench"
 CLIP_ARCHITECTURE = "ViT-B-32"
 # Goals from issue 3
 GOAL_SERVICE_VS_NAIVE = 4.0  # (c) at least 4x (a)
 GOAL_SERVICE_VS_MODELS = 0.8  # (c) within 80% of (b)
-GOAL_SHOTS_PER_S = 8.0  # face + CLIP
+GOAL_SHOTS_PER_S = 8.0  # face + CLIP-I + CLIP-T
 GOAL_RSS_MB = 1500.0
 
 
@@ -97,6 +99,11 @@ class ServiceRun:
     timed_out: bool
 
 
+def prompt_for(index: int) -> str:
+    scenario = sim_images.SCENARIOS[index % len(sim_images.SCENARIOS)]
+    return f"the astronaut, {scenario}, photograph"
+
+
 def make_images(count: int) -> tuple[BenchImage, list[BenchImage]]:
     """The astronaut as the reference, and `count` simulated shots cycling through the scenarios."""
     reference_png = sample_reference_png()
@@ -117,6 +124,7 @@ def make_images(count: int) -> tuple[BenchImage, list[BenchImage]]:
 def naive_per_pair(reference: Image.Image, shots: list[Image.Image]) -> Measured:
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(CLIP_ARCHITECTURE, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(CLIP_ARCHITECTURE)
     model.eval()
     models_dir = default_models_dir()
     detector: Any = dlib.get_frontal_face_detector()
@@ -131,24 +139,26 @@ def naive_per_pair(reference: Image.Image, shots: list[Image.Image]) -> Measured
         shape = predictor(pixels, faces[0])
         return np.asarray(encoder.compute_face_descriptor(pixels, shape, 1), dtype=np.float64)
 
-    def clip_pair(shot: Image.Image) -> float:
+    def clip_pair(shot: Image.Image, prompt: str) -> tuple[float, float]:
         with torch.no_grad():
             batch = torch.stack([preprocess(reference), preprocess(shot)])
             features = model.encode_image(batch)
             features = features / features.norm(dim=-1, keepdim=True)
-            return float(features[0] @ features[1])
+            text = model.encode_text(tokenizer([prompt]))
+            text = text / text.norm(dim=-1, keepdim=True)
+            return float(features[0] @ features[1]), float(text[0] @ features[1])
 
     def face_pair(shot: Image.Image) -> float | None:
         ours, theirs = face_descriptor(reference), face_descriptor(shot)
         return None if ours is None or theirs is None else float(np.linalg.norm(ours - theirs))
 
-    clip_pair(shots[0])  # warm-up, untimed (first-call allocations)
+    clip_pair(shots[0], prompt_for(0))  # warm-up, untimed (first-call allocations)
     face_pair(shots[0])
     clip_s = 0.0
     started = time.perf_counter()
-    for shot in shots:
+    for index, shot in enumerate(shots):
         clip_started = time.perf_counter()
-        clip_pair(shot)
+        clip_pair(shot, prompt_for(index))
         clip_s += time.perf_counter() - clip_started
         face_pair(shot)
     seconds = time.perf_counter() - started
@@ -162,14 +172,15 @@ def models_batched(
     reference: Image.Image, shots: list[Image.Image], batch_size: int
 ) -> tuple[Measured, str, list[Verdict | None]]:
     embedder = OpenClipImageEmbedder(CLIP_ARCHITECTURE, precision="auto")
-    scorer = Scorer(DlibFaceEmbedder(), embedder)
+    scorer = Scorer(DlibFaceEmbedder(), embedder, texts=embedder)
     references = scorer.embed_references([reference])
-    scorer.score_batch(shots[:batch_size], references)  # warm-up, untimed
+    work = [ShotToScore(shot, references, prompt_for(index)) for index, shot in enumerate(shots)]
+    scorer.score_batch(work[:batch_size])  # warm-up, untimed
     verdicts: list[Verdict | None] = []
     model_ms = 0.0
     started = time.perf_counter()
     for start in range(0, len(shots), batch_size):
-        for score in scorer.score_batch(shots[start : start + batch_size], references):
+        for score in scorer.score_batch(work[start : start + batch_size]):
             verdicts.append(score.verdict)
             model_ms += score.scoring_ms
     seconds = time.perf_counter() - started
@@ -245,7 +256,7 @@ async def feed_service(
             tenant_id=TENANT,
             shot_id=uuid.uuid4(),
             character_id=character_id,
-            prompt=f"scoring benchmark shot {index}",
+            prompt=prompt_for(max(index, 0)),
             image=image,
             references=[reference_ref],
         )
@@ -305,7 +316,9 @@ def service_memory(pid: int) -> tuple[float | None, float | None]:
     return rss, peak
 
 
-def through_service(reference: BenchImage, shots: list[BenchImage], console: Console, timeout_s: float) -> ServiceRun:
+def through_service(
+    reference: BenchImage, shots: list[BenchImage], console: Console, timeout_s: float, batch_size: int
+) -> ServiceRun:
     data_dir = Path(tempfile.mkdtemp(prefix="likeness-scoring-bench-"))
     stack = EmbeddedStack(data_dir)
     services: ServiceSet | None = None
@@ -313,7 +326,7 @@ def through_service(reference: BenchImage, shots: list[BenchImage], console: Con
         started = time.perf_counter()
         endpoints = stack.start()
         stack_start_s = time.perf_counter() - started
-        services = ServiceSet(data_dir, endpoints.env())
+        services = ServiceSet(data_dir, {**endpoints.env(), "LIKENESS_SCORING_BATCH_SIZE": str(batch_size)})
         started = time.perf_counter()
         process = services.start("scoring")
         services.wait_ready(["scoring"], timeout_s=180.0)
@@ -347,7 +360,7 @@ def goal(met: bool) -> str:
 
 
 def report(console: Console, naive: Measured, models: Measured, service: ServiceRun, clip_model: str) -> None:
-    table = Table(title="shots scored per second (face identity + CLIP image similarity)")
+    table = Table(title="shots scored per second (face identity + CLIP-I + CLIP-T)")
     for column in ("approach", "shots", "seconds", "shots/s", "vs (a)"):
         table.add_column(column, justify="left" if column == "approach" else "right")
     for row in (naive, models, service.measured):
@@ -417,7 +430,7 @@ def report(console: Console, naive: Measured, models: Measured, service: Service
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--shots", type=int, default=30, help="shots to score each way (default 30)")
-    parser.add_argument("--batch", type=int, default=8, help="batch size for (b) (default 8)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size for (b) and (c) (default 8)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the service's scores")
     args = parser.parse_args()
     if args.shots < 1 or args.batch < 1:
@@ -436,7 +449,7 @@ def main() -> None:
     models, clip_model, model_verdicts = models_batched(reference.image, images, args.batch)
     console.print(f"  {models.seconds:.2f} s")
     console.print("(c) scoring service via NATS ...")
-    service = through_service(reference, shots, console, args.timeout)
+    service = through_service(reference, shots, console, args.timeout, args.batch)
     console.print(f"  {service.measured.seconds:.2f} s")
 
     report(console, naive, models, service, clip_model)

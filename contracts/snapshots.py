@@ -57,7 +57,8 @@ def asyncapi_document() -> str:
             Runtime("provider_adapter", settings, migrations=None), build_providers(adapter_settings), adapter_settings
         )
     )
-    broker.include_router(scoring_router(Runtime("scoring", settings, migrations=None), scorer=None))  # type: ignore[arg-type]
+    scoring = Runtime("scoring", settings, migrations=None)
+    broker.include_router(scoring_router(scoring, scorer=None, key="scoring-key"))  # type: ignore[arg-type]
     for event in ALL_EVENTS:
         broker.publisher(event.subject, schema=event, title=f"{event.subject}:publish", description=event.__doc__)
     spec = AsyncAPI(

@@ -50,25 +50,68 @@ class SimulationNote(Message):
     drifted: bool = Field(description="True when the simulator swapped in a different person on purpose.")
 
 
+FaceNote = Literal["several_candidates", "upsampled", "contrast_stretched"]
+ScoreBasis = Literal["face", "clip_image"]
+
+
 class FaceScore(Message):
-    faces_found: int = Field(ge=0, description="Faces detected in the shot.")
-    distance: float | None = Field(
-        default=None, description="Smallest L2 distance between the shot's face and any reference face."
+    """Face identity: the shot's chosen face against every reference face and their centroid.
+
+    Distances are L2 between identity descriptors (dlib: under ~0.6 means the same person).
+    """
+
+    faces_found: int = Field(ge=0, description="Every detection in the shot, weak ones included.")
+    candidates: int = Field(
+        ge=0, description="Detections strong enough to be the character; the one closest to the references is chosen."
     )
-    mean_distance: float | None = Field(default=None, description="Mean distance over reference faces.")
+    notes: list[FaceNote] = Field(
+        default_factory=list,
+        description="several_candidates: more than one face could be the character; upsampled: the face was "
+        "small and found only on an enlarged copy; contrast_stretched: found only on a contrast-stretched copy.",
+    )
+    references_with_face: int = Field(ge=0, description="Reference images in which a face was found.")
+    distance: float | None = Field(
+        default=None, description="Best match: the smallest distance from the chosen face to any reference face."
+    )
+    mean_distance: float | None = Field(default=None, description="Mean distance over the reference faces.")
+    max_distance: float | None = Field(default=None, description="Largest distance to any reference face.")
+    centroid_distance: float | None = Field(
+        default=None, description="Distance to the centroid (mean) of the reference face descriptors."
+    )
     same_below: float = Field(description="Distance under which the face counts as the same person.")
+    uncertain_below: float = Field(description="Distance under which it counts as uncertain (else different).")
     model: str = Field(description="Face embedding model name.")
 
 
 class ClipScore(Message):
-    image_similarity: float = Field(ge=-1.0, le=1.0, description="Cosine similarity, shot vs references.")
-    calibrated: bool = Field(description="False when CLIP runs on random weights: the figure means nothing.")
+    image_similarity: float = Field(
+        ge=-1.0, le=1.0, description="CLIP-I: cosine between the shot and the references' mean embedding."
+    )
+    text_similarity: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="CLIP-T, prompt adherence: cosine between the prompt and the shot. None when not computed.",
+    )
+    calibrated: bool = Field(description="False when CLIP runs on random weights: the figures mean nothing.")
     model: str
 
 
 class ShotScore(Message):
     verdict: Verdict
-    face: FaceScore | None
+    basis: ScoreBasis = Field(
+        description="What the verdict rests on: face identity, or CLIP image similarity alone for a character "
+        "whose references show no human face (creatures, robots, cartoons)."
+    )
+    reason: str = Field(description="The verdict in one sentence, with the numbers behind it.")
+    face: FaceScore | None = Field(description="None when the references show no face.")
     clip: ClipScore
-    scorer_version: str
+    scorer_version: str = Field(description="The scoring code's version, e.g. scoring-2.")
+    scorer_key: str = Field(
+        pattern=r"^[a-z0-9-]{1,64}$",
+        description="Scorer version plus a digest of its models and thresholds: one score per shot per key.",
+    )
+    calibration_profile: str | None = Field(
+        description="The calibration profile whose thresholds were used; None: thresholds from settings."
+    )
     scoring_ms: float = Field(ge=0.0)

@@ -52,9 +52,14 @@ def consumer(
     ack_wait_s: float = 60.0,
     max_deliver: int = 30,
     batch_size: int = 4,
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
+    title: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Subscriber arguments for a durable pull consumer that replicas of a service share."""
+    """Subscriber arguments for a durable pull consumer that replicas of a service share.
+
+    `deliver_policy` applies when the consumer is created (first start); later starts resume it.
+    """
     return {
         **extra,
         "subject": event.subject,
@@ -65,10 +70,10 @@ def consumer(
             durable_name=durable,
             ack_wait=ack_wait_s,
             max_deliver=max_deliver,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=deliver_policy,
         ),
         "ack_policy": AckPolicy.MANUAL,
-        "title": f"{durable}:{event.event_type()}",
+        "title": title or f"{durable}:{event.event_type()}",
         "description": event.__doc__,
     }
 

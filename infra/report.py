@@ -52,8 +52,10 @@ class ShotRow:
     face_distance: float | None
     faces_found: int | None
     clip_similarity: float | None
+    prompt_similarity: float | None  # CLIP-T
     clip_calibrated: bool | None
     verdict: str
+    scorer_key: str | None
     drifted: bool | None
     simulated: bool
 
@@ -128,8 +130,10 @@ def _shot_row(index: int, shot: Mapping[str, Any]) -> ShotRow:
         face_distance=lookup(shot, "score", "face", "distance"),
         faces_found=lookup(shot, "score", "face", "faces_found"),
         clip_similarity=lookup(shot, "score", "clip", "image_similarity"),
+        prompt_similarity=lookup(shot, "score", "clip", "text_similarity"),
         clip_calibrated=None if clip_calibrated is None else bool(clip_calibrated),
         verdict=_verdict(shot),
+        scorer_key=lookup(shot, "score", "scorer_key"),
         drifted=bool(lookup(simulation, "drifted")) if simulated else None,
         simulated=simulated,
     )
@@ -293,7 +297,25 @@ def stats_notes(character: Mapping[str, Any]) -> list[str]:
     thresholds = {value for value in thresholds if isinstance(value, float | int) and not isinstance(value, bool)}
     if len(thresholds) == 1:
         notes.append(f'a face distance below {thresholds.pop():g} is judged "same"')
+    notes.extend(scorer_notes(character))
     return notes
+
+
+def scorer_notes(character: Mapping[str, Any]) -> list[str]:
+    """Which scorer made the scores shown (each shot shows its newest score), and its calibration."""
+    used: dict[str, str | None] = {}
+    for shot in _shots(character):
+        key = lookup(shot, "score", "scorer_key")
+        if isinstance(key, str):
+            used[key] = lookup(shot, "score", "calibration_profile")
+    if not used:
+        return []
+    described = [
+        f"{key} ({'calibration profile ' + str(profile) if profile else 'thresholds from settings'})"
+        for key, profile in sorted(used.items())
+    ]
+    plural = "s" if len(used) > 1 else ""
+    return [f"scores by scorer{plural} {', '.join(described)}; each shot shows its newest score"]
 
 
 def fmt_mean_ci(stats: ScoreStats) -> str:
@@ -348,7 +370,8 @@ def results_table(character: Mapping[str, Any]) -> Table:
     )
     for header in ("shot", "scenario", "provider", "latency", "cost", "face identity"):
         table.add_column(header, justify="right" if header in {"latency", "cost"} else "left")
-    table.add_column("CLIP (uncalibrated)" if stats["clip_uncalibrated"] else "CLIP", justify="right")
+    table.add_column("CLIP-I (uncalibrated)" if stats["clip_uncalibrated"] else "CLIP-I", justify="right")
+    table.add_column("CLIP-T", justify="right")
     table.add_column("verdict")
     if stats["simulated"]:
         table.add_column("ground truth")
@@ -362,6 +385,7 @@ def results_table(character: Mapping[str, Any]) -> Table:
             fmt_cost(row.cost_usd),
             Text(face, style="red") if face == "no face" else face,
             fmt_number(row.clip_similarity) + (" (uncal.)" if row.clip_calibrated is False else ""),
+            fmt_number(row.prompt_similarity),
             _verdict_text(row.verdict),
         ]
         if stats["simulated"]:
@@ -407,10 +431,17 @@ _SHOT_EXTRA_COLUMNS = (
     "seed",
     "attempts",
     "face_mean_distance",
+    "face_max_distance",
+    "face_centroid_distance",
+    "face_candidates",
+    "face_notes",
     "face_same_below",
     "face_model",
     "clip_model",
     "scorer_version",
+    "calibration_profile",
+    "score_basis",
+    "score_reason",
     "failure_stage",
     "failure_reason",
     "sim_transform",
@@ -455,10 +486,17 @@ def write_csv(character: Mapping[str, Any], path: Path) -> Path:
                 "seed": lookup(shot, "params", "seed"),
                 "attempts": shot.get("attempts"),
                 "face_mean_distance": lookup(shot, "score", "face", "mean_distance"),
+                "face_max_distance": lookup(shot, "score", "face", "max_distance"),
+                "face_centroid_distance": lookup(shot, "score", "face", "centroid_distance"),
+                "face_candidates": lookup(shot, "score", "face", "candidates"),
+                "face_notes": " ".join(lookup(shot, "score", "face", "notes") or []),
                 "face_same_below": lookup(shot, "score", "face", "same_below"),
                 "face_model": lookup(shot, "score", "face", "model"),
                 "clip_model": lookup(shot, "score", "clip", "model"),
                 "scorer_version": lookup(shot, "score", "scorer_version"),
+                "calibration_profile": lookup(shot, "score", "calibration_profile"),
+                "score_basis": lookup(shot, "score", "basis"),
+                "score_reason": lookup(shot, "score", "reason"),
                 "failure_stage": lookup(shot, "failure", "stage"),
                 "failure_reason": lookup(shot, "failure", "reason"),
                 "sim_transform": lookup(shot, "simulation", "transform"),
@@ -526,6 +564,7 @@ def render_html(character: Mapping[str, Any], available: set[str]) -> str:
                 "flagged": row.verdict != "same",
                 "verdict_class": row.verdict.split(":")[0].replace("_", "-"),
                 "prompt": lookup(shot, "params", "prompt") or "",
+                "reason": lookup(shot, "score", "reason") or "",
                 "failure": _failure(shot),
                 "attempts": shot.get("attempts"),
                 "image": image if image in available else None,

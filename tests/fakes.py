@@ -22,8 +22,9 @@ from contracts import (
     ShotRequested,
     ShotScored,
 )
+from contracts.values import FaceNote
 from services.provider_adapter.ports import IdentityRecord
-from services.scoring.ports import FaceObservation
+from services.scoring.ports import FaceCandidate, FaceObservation
 from services.storage.ports import CharacterRecord, ShotCounts
 
 
@@ -100,11 +101,17 @@ class FakeRecords:
         shot["status"] = "stored"
         return str(shot["prompt"])
 
-    async def add_score(self, event: ShotScored) -> None:
-        self.scores.append(event)
-        if self.shots[event.shot_id]["status"] != "failed":
-            self.shots[event.shot_id]["status"] = "scored"
-            self.shots[event.shot_id]["verdict"] = event.score.verdict
+    async def add_score(self, event: ShotScored) -> bool:
+        if all(
+            (kept.shot_id, kept.score.scorer_key) != (event.shot_id, event.score.scorer_key) for kept in self.scores
+        ):
+            self.scores.append(event)
+        shot = self.shots[event.shot_id]
+        first = shot["status"] not in ("scored", "failed")
+        if shot["status"] != "failed":
+            shot["status"] = "scored"
+            shot["verdict"] = event.score.verdict
+        return first
 
     async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None:
         if shot_id in self.shots and self.shots[shot_id]["status"] != "scored":
@@ -179,25 +186,49 @@ def swatch(seed: int, size: int = 8) -> Image.Image:
 
 @dataclass
 class FakeFaceEmbedder:
-    """scoring.ports.FaceEmbedder: answers what a test registered for an image; no face otherwise."""
+    """scoring.ports.FaceEmbedder: answers what a test registered for an image; no face otherwise.
+
+    Register one `descriptor`, or several `candidates` (the primary face first); like the real
+    embedder, `observe` describes at most `max_candidates` of them and records what it was asked.
+    """
 
     model_name: str = "fake-face-v1"
     observations: dict[str, FaceObservation] = field(default_factory=dict)
     observed: int = 0
+    max_candidates_asked: list[int] = field(default_factory=list)
 
-    def register(self, image: Image.Image, descriptor: Sequence[float] | None, faces_found: int = 1) -> None:
-        if descriptor is None:
-            self.observations[pixels_key(image)] = FaceObservation(faces_found=0, descriptor=None, box=None)
-            return
+    def register(
+        self,
+        image: Image.Image,
+        descriptor: Sequence[float] | None = None,
+        faces_found: int | None = None,
+        *,
+        candidates: Sequence[Sequence[float]] | None = None,
+        notes: Sequence[FaceNote] = (),
+    ) -> None:
+        if descriptor is not None and candidates is not None:
+            raise ValueError("register one descriptor or several candidates, not both")
+        descriptors = list(candidates or ([] if descriptor is None else [descriptor]))
         self.observations[pixels_key(image)] = FaceObservation(
-            faces_found=faces_found,
-            descriptor=np.asarray(descriptor, dtype=np.float32),
-            box=(0, 0, image.width, image.height),
+            faces_found=len(descriptors) if faces_found is None else faces_found,
+            candidates=tuple(
+                FaceCandidate(
+                    descriptor=np.asarray(values, dtype=np.float32),
+                    box=(index, 0, image.width, image.height),
+                    detector_score=1.0 - index / 10,
+                )
+                for index, values in enumerate(descriptors)
+            ),
+            notes=tuple(notes) if descriptors else (),
         )
 
-    def observe(self, image: Image.Image) -> FaceObservation:
+    def observe(self, image: Image.Image, *, max_candidates: int = 1) -> FaceObservation:
+        if max_candidates < 1:
+            raise ValueError("max_candidates must be >= 1")
         self.observed += 1
-        return self.observations.get(pixels_key(image), FaceObservation(faces_found=0, descriptor=None, box=None))
+        self.max_candidates_asked.append(max_candidates)
+        seen = self.observations.get(pixels_key(image), FaceObservation(faces_found=0))
+        return replace(seen, candidates=seen.candidates[:max_candidates])
 
 
 @dataclass
@@ -219,4 +250,24 @@ class FakeImageEmbedder:
         self.batches.append(len(images))
         default = np.eye(self.dimension, dtype=np.float32)[0]
         rows = [self.vectors.get(pixels_key(image), default) for image in images]
+        return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)
+
+
+@dataclass
+class FakeTextEmbedder:
+    """scoring.ports.TextEmbedder: registered vectors (normalised), else the first axis; records batches."""
+
+    dimension: int = 4
+    vectors: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    batches: list[list[str]] = field(default_factory=list)
+
+    def register(self, text: str, vector: Sequence[float]) -> None:
+        array = np.asarray(vector, dtype=np.float32)
+        assert array.shape == (self.dimension,)
+        self.vectors[text] = array / np.linalg.norm(array)
+
+    def embed_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.batches.append(list(texts))
+        default = np.eye(self.dimension, dtype=np.float32)[0]
+        rows = [self.vectors.get(text, default) for text in texts]
         return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The scoring service: face identity (dlib) and CLIP image similarity for every stored shot."""
+"""The scoring service: face identity (dlib), CLIP image similarity and prompt adherence for every stored shot."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: InfraSettings, scoring_settings: ScoringSettings | None = None) -> FastStream:
-    scorer = ThreadedScorer(scoring_settings or ScoringSettings())
+    """Loads the models first (seconds): the consumer is named after the scorer's key, which they determine."""
+    scoring = scoring_settings or ScoringSettings()
+    scorer = ThreadedScorer(scoring)
+    key = scorer.load().key
     runtime = Runtime("scoring", settings, migrations=MIGRATIONS)
-
-    return worker_app(runtime, build_router(runtime, scorer), title="Likeness scoring", load=scorer.load)
+    router = build_router(runtime, scorer, key=key, batch_size=scoring.batch_size, rescore=scoring.rescore)
+    return worker_app(runtime, router, title="Likeness scoring")

@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 from uuid import UUID
 
 from PIL import Image
 
 from contracts import ImageRef, ShotScore, ShotScored, ShotStored
+from services.scoring.scorer import ReferenceEmbeddings, ShotToScore
 
 
-class ReferenceSet(Protocol):
-    """Opaque reference embeddings, computed once per character (see scorer.ReferenceEmbeddings)."""
-
-    def to_bytes(self) -> bytes: ...
-
-
-R = TypeVar("R", bound=ReferenceSet)
-
-
-class AsyncScorer(Protocol[R]):
+class AsyncScorer(Protocol):
     """The models, behind an async face: CPU work happens off the event loop."""
 
     @property
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """Cache key for reference embeddings: the models that make them."""
+        ...
 
-    async def embed_references(self, images: list[Image.Image]) -> R: ...
+    @property
+    def key(self) -> str:
+        """The scorer's key (version, models, thresholds): a shot gets one score per key."""
+        ...
 
-    def references_from_bytes(self, data: bytes) -> R: ...
+    async def embed_references(self, images: list[Image.Image]) -> ReferenceEmbeddings: ...
 
-    async def score(self, shot: Image.Image, references: R) -> ShotScore: ...
+    def references_from_bytes(self, data: bytes) -> ReferenceEmbeddings: ...
+
+    async def score_batch(self, shots: Sequence[ShotToScore]) -> list[ShotScore]: ...
 
 
 class ImageSource(Protocol):
@@ -43,13 +43,17 @@ class EmbeddingCache(Protocol):
     async def put(self, character_id: UUID, version: str, references_sha: str, data: bytes) -> None: ...
 
 
+ScoreOne = Callable[[ShotToScore], Awaitable[ShotScore]]
+"""Scores one shot; the service passes a MicroBatcher's submit, which gathers concurrent calls into batches."""
+
+
 def references_digest(references: list[ImageRef]) -> str:
     return hashlib.sha256("".join(ref.sha256 for ref in references).encode()).hexdigest()
 
 
 async def reference_embeddings(
-    event: ShotStored, *, scorer: AsyncScorer[R], images: ImageSource, cache: EmbeddingCache
-) -> R:
+    event: ShotStored, *, scorer: AsyncScorer, images: ImageSource, cache: EmbeddingCache
+) -> ReferenceEmbeddings:
     """From the shared cache when another shot of the character computed them; else compute and share."""
     digest = references_digest(event.references)
     cached = await cache.get(event.character_id, scorer.version, digest)
@@ -61,8 +65,13 @@ async def reference_embeddings(
 
 
 async def score_shot(
-    event: ShotStored, *, scorer: AsyncScorer[R], images: ImageSource, cache: EmbeddingCache
+    event: ShotStored, *, scorer: AsyncScorer, score: ScoreOne, images: ImageSource, cache: EmbeddingCache
 ) -> ShotScored:
+    """The shot's score under this scorer's key; its event id follows from the cause and the key,
+    so scoring one ShotStored again with the same scorer makes the same event, and with a new
+    scorer (a re-scoring) a new one."""
     references = await reference_embeddings(event, scorer=scorer, images=images, cache=cache)
-    score = await scorer.score(await images.load(event.image), references)
-    return ShotScored.follow(event, shot_id=event.shot_id, character_id=event.character_id, score=score)
+    shot = ShotToScore(image=await images.load(event.image), references=references, prompt=event.prompt)
+    return ShotScored.follow(
+        event, key=scorer.key, shot_id=event.shot_id, character_id=event.character_id, score=await score(shot)
+    )

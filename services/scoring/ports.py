@@ -1,8 +1,8 @@
-"""What the scorer needs from its models: a face embedder and an image embedder.
+"""What the scorer needs from its models: face, image and (optionally) text embedders.
 
-The real ones (dlib, open_clip) live in `adapters/`; tests use the hand-written fakes in
-`tests/fakes.py`. Both protocols are synchronous and CPU-bound: the service runs them in a
-worker thread, never on the event loop.
+The real ones (dlib; open_clip's image and text towers) live in `adapters/`; tests use the
+hand-written fakes in `tests/fakes.py`. The protocols are synchronous and CPU-bound: the
+service runs them in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+
+from contracts.values import FaceNote
 
 FaceDescriptor = npt.NDArray[np.float32]
 """A 128-d face identity descriptor; L2 distance under ~0.6 means the same person."""
@@ -30,35 +32,55 @@ class ModelWeightsUnavailable(ScoringModelError):
     """Model weights are missing, unreadable or cannot be fetched (this service runs offline)."""
 
 
+@dataclass(frozen=True, eq=False)
+class FaceCandidate:
+    """One detected face that could be the character."""
+
+    descriptor: FaceDescriptor
+    box: FaceBox
+    detector_score: float
+
+
 @dataclass(frozen=True)
 class FaceObservation:
     """What a face embedder saw in one image.
 
-    `faces_found` is the detector's count (it may include false detections); `descriptor` and
-    `box` belong to the one face chosen (the largest), and are None when no face was found.
+    `faces_found` is the detector's count (it may include weak, false detections). `candidates`
+    are the detections strong enough to be the character, the primary one (the largest) first,
+    at most as many as were asked for; empty exactly when no face was found. `notes` say how the
+    faces were found (on an enlarged or a contrast-stretched copy) and whether several candidates were.
     """
 
     faces_found: int
-    descriptor: FaceDescriptor | None
-    box: FaceBox | None
+    candidates: tuple[FaceCandidate, ...] = ()
+    notes: tuple[FaceNote, ...] = ()
 
     def __post_init__(self) -> None:
         if self.faces_found < 0:
             raise ValueError("faces_found cannot be negative")
-        if (self.descriptor is None) != (self.box is None) or (self.descriptor is None) != (self.faces_found == 0):
-            raise ValueError("descriptor and box are given exactly when faces_found > 0")
+        if (self.faces_found == 0) != (not self.candidates) or len(self.candidates) > self.faces_found:
+            raise ValueError("candidates are given exactly when faces_found > 0, and never more than faces_found")
+
+    @property
+    def descriptor(self) -> FaceDescriptor | None:
+        """The primary (largest) face's descriptor: the one a reference image stands for."""
+        return self.candidates[0].descriptor if self.candidates else None
+
+    @property
+    def box(self) -> FaceBox | None:
+        return self.candidates[0].box if self.candidates else None
 
 
 class FaceEmbedder(Protocol):
-    """Finds the largest face in an image and describes its identity."""
+    """Finds faces in an image and describes their identity."""
 
     @property
     def model_name(self) -> str:
         """Name recorded in every FaceScore, e.g. 'dlib_face_recognition_resnet_model_v1'."""
         ...
 
-    def observe(self, image: Image.Image) -> FaceObservation:
-        """Detect faces in `image` (any PIL mode) and describe the largest one."""
+    def observe(self, image: Image.Image, *, max_candidates: int = 1) -> FaceObservation:
+        """Detect faces in `image` (any PIL mode); describe up to `max_candidates`, the largest first."""
         ...
 
 
@@ -77,4 +99,12 @@ class ImageEmbedder(Protocol):
 
     def embed(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
         """Return an (n, d) float32 array of L2-normalised embeddings, one row per image, in order."""
+        ...
+
+
+class TextEmbedder(Protocol):
+    """Embeds prompts into the image embedder's space (CLIP's text tower), for prompt adherence."""
+
+    def embed_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Return an (n, d) float32 array of L2-normalised embeddings, one row per text, in order."""
         ...

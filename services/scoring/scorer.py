@@ -1,43 +1,51 @@
-"""How a shot is scored against a character's references: pure logic over two model ports.
+"""How a shot is scored against a character's references: pure logic over the model ports.
 
-Verdict rules (scorer version `scoring-1`):
+Verdict rules (scorer version `scoring-2`):
 
-1. The references show no face at all (none of them): `face` is None and the verdict is
-   "uncertain". Judging identity from CLIP alone is a later issue; the shot's face is not
-   even looked for.
-2. The shot shows no face: "no_face".
-3. Otherwise `distance` is the smallest L2 distance between the shot's face descriptor and any
-   reference descriptor (`mean_distance` is the mean over them):
-   distance < face_same_below -> "same"; < face_uncertain_below -> "uncertain"; else "different".
+1. The references show a face (at least one of them): identity rests on the face (`basis` "face").
+   - The shot shows no face: "no_face".
+   - Otherwise every confident face in the shot is a candidate, and the one closest to the
+     references (smallest distance to any reference face) is taken as the character; the score
+     says how many candidates there were. `distance` is that smallest L2 distance (the best
+     match); `mean_distance`, `max_distance` and `centroid_distance` (to the mean reference
+     descriptor) are reported beside it.
+     distance < face_same_below -> "same"; < face_uncertain_below -> "uncertain"; else "different".
+2. No reference shows a face (a creature, a robot, a cartoon): identity rests on CLIP image
+   similarity alone (`basis` "clip_image"), and the reason says so. With random weights
+   (`calibrated=False`) CLIP-I means nothing, so the verdict is "uncertain". Otherwise
+   similarity >= clip_same_above -> "same"; >= clip_uncertain_above -> "uncertain"; else "different".
 
-CLIP (`ClipScore.image_similarity`, the cosine between the shot's embedding and the normalised
-mean of the references' embeddings) is reported but never changes the verdict in scoring-1:
-with random weights (`calibrated=False`) it means nothing, and no threshold has been
-calibrated for real weights yet.
+CLIP-I (the cosine between the shot's embedding and the mean of the references' embeddings) and
+CLIP-T (the cosine between the prompt and the shot: prompt adherence) are reported for every
+shot; with a face to go by they never change the verdict.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
 from contracts import ClipScore, FaceScore, ShotScore, Verdict
+from contracts.values import FaceNote, ScoreBasis
 from services.scoring.ports import (
     FaceDescriptor,
     FaceEmbedder,
-    FaceObservation,
     ImageEmbedder,
     ScoringModelError,
+    TextEmbedder,
 )
 
-SCORER_VERSION = "scoring-1"
+SCORER_VERSION = "scoring-2"
+DEFAULT_MAX_FACE_CANDIDATES = 5
 _BLOB_FORMAT = "likeness.reference_embeddings.v1"
 
 
@@ -47,17 +55,30 @@ class StaleReferenceEmbeddings(ScoringModelError):
 
 @dataclass(frozen=True)
 class ScoringThresholds:
-    """Face-distance thresholds. The uncertain band is [face_same_below, face_uncertain_below);
-    equal values (the default, dlib's published 0.6) mean there is no band."""
+    """Verdict thresholds.
+
+    Face distance: the uncertain band is [face_same_below, face_uncertain_below); equal values
+    (the default, dlib's published 0.6) mean there is no band. CLIP image similarity, used only
+    for characters without a face: the uncertain band is [clip_uncertain_above, clip_same_above).
+    The CLIP defaults are not calibrated: DreamBooth reports 0.885 CLIP-I between real photos of
+    one subject (ViT-S/16 DINO aside); set them from your own labelled pairs.
+    """
 
     face_same_below: float = 0.6
     face_uncertain_below: float = 0.6
+    clip_same_above: float = 0.85
+    clip_uncertain_above: float = 0.75
 
     def __post_init__(self) -> None:
         if not 0.0 < self.face_same_below <= self.face_uncertain_below:
             raise ValueError(
                 "thresholds must satisfy 0 < face_same_below <= face_uncertain_below, got "
                 f"{self.face_same_below} and {self.face_uncertain_below}"
+            )
+        if not -1.0 <= self.clip_uncertain_above <= self.clip_same_above <= 1.0:
+            raise ValueError(
+                "thresholds must satisfy -1 <= clip_uncertain_above <= clip_same_above <= 1, got "
+                f"{self.clip_uncertain_above} and {self.clip_same_above}"
             )
 
 
@@ -131,22 +152,57 @@ class ReferenceEmbeddings:
     __hash__ = None  # type: ignore[assignment]
 
 
+@dataclass(frozen=True)
+class ShotToScore:
+    """One shot, the character's reference embeddings and the prompt it was made from."""
+
+    image: Image.Image
+    references: ReferenceEmbeddings
+    prompt: str | None = None
+
+
 class Scorer:
-    """Scores shots against reference embeddings. Synchronous and CPU-bound: run it in a thread."""
+    """Scores shots against reference embeddings. Synchronous and CPU-bound: run it in a thread.
+
+    `texts` (CLIP's text tower) enables prompt adherence; without it `text_similarity` is None.
+    `calibration_profile` names the profile `thresholds` came from, for the record.
+    """
 
     def __init__(
         self,
         face: FaceEmbedder,
         images: ImageEmbedder,
         thresholds: ScoringThresholds | None = None,
+        *,
+        texts: TextEmbedder | None = None,
+        calibration_profile: str | None = None,
+        max_face_candidates: int = DEFAULT_MAX_FACE_CANDIDATES,
     ) -> None:
+        if max_face_candidates < 1:
+            raise ValueError("max_face_candidates must be >= 1")
         self._face = face
         self._images = images
+        self._texts = texts
         self._thresholds = thresholds if thresholds is not None else ScoringThresholds()
+        self._calibration_profile = calibration_profile
+        self._max_face_candidates = max_face_candidates
+        self._key = scorer_key(
+            face_model=face.model_name,
+            image_model=images.model_name,
+            prompt_adherence=texts is not None,
+            thresholds=self._thresholds,
+            calibration_profile=calibration_profile,
+            max_face_candidates=max_face_candidates,
+        )
 
     @property
     def thresholds(self) -> ScoringThresholds:
         return self._thresholds
+
+    @property
+    def key(self) -> str:
+        """Scorer version plus a digest of everything that changes a score: one score per shot per key."""
+        return self._key
 
     def embed_references(self, images: Sequence[Image.Image]) -> ReferenceEmbeddings:
         """Describe a character's reference images; faceless ones count for CLIP only."""
@@ -174,77 +230,154 @@ class Scorer:
         """True when `references` were made by this scorer's models (a cached copy may not be)."""
         return references.face_model == self._face.model_name and references.image_model == self._images.model_name
 
-    def score(self, shot: Image.Image, references: ReferenceEmbeddings) -> ShotScore:
-        return self.score_batch([shot], references)[0]
+    def score(self, shot: Image.Image, references: ReferenceEmbeddings, prompt: str | None = None) -> ShotScore:
+        return self.score_batch([ShotToScore(shot, references, prompt)])[0]
 
-    def score_batch(self, shots: Sequence[Image.Image], references: ReferenceEmbeddings) -> list[ShotScore]:
-        """Score shots in order, embedding them with CLIP in one batch.
+    def score_batch(self, shots: Sequence[ShotToScore]) -> list[ShotScore]:
+        """Score shots in order (of any characters), embedding images and prompts with CLIP in one batch each.
 
         Each score's `scoring_ms` is its own face time plus an equal share of the batch's CLIP time.
         """
+        for shot in shots:
+            self._check_current(shot.references)
+        if not shots:
+            return []
+        started = time.perf_counter()
+        embeddings = self._images.embed([shot.image for shot in shots])
+        text_similarities = self._text_similarities(shots, embeddings)
+        clip_share_ms = (time.perf_counter() - started) * 1000.0 / len(shots)
+
+        scores = []
+        for shot, embedding, text_similarity in zip(shots, embeddings, text_similarities, strict=True):
+            started = time.perf_counter()
+            face = self._face_score(shot.image, shot.references)
+            face_ms = (time.perf_counter() - started) * 1000.0
+            clip = ClipScore(
+                image_similarity=cosine_similarity(embedding, shot.references.clip_mean),
+                text_similarity=text_similarity,
+                calibrated=self._images.calibrated,
+                model=self._images.model_name,
+            )
+            verdict, basis, reason = judge(face, clip, self._thresholds)
+            scores.append(
+                ShotScore(
+                    verdict=verdict,
+                    basis=basis,
+                    reason=reason,
+                    face=face,
+                    clip=clip,
+                    scorer_version=SCORER_VERSION,
+                    scorer_key=self._key,
+                    calibration_profile=self._calibration_profile,
+                    scoring_ms=face_ms + clip_share_ms,
+                )
+            )
+        return scores
+
+    def _check_current(self, references: ReferenceEmbeddings) -> None:
         if not self.is_current(references):
             raise StaleReferenceEmbeddings(
                 f"reference embeddings were made by ({references.face_model}; {references.image_model}) "
                 f"but this scorer runs ({self._face.model_name}; {self._images.model_name}): "
                 "embed the references again and replace the cached copy"
             )
-        if not shots:
-            return []
-        started = time.perf_counter()
-        embeddings = self._images.embed(shots)
-        clip_share_ms = (time.perf_counter() - started) * 1000.0 / len(shots)
-        clip_scores = [self._clip_score(embedding, references) for embedding in embeddings]
 
-        scores = []
-        for shot, clip in zip(shots, clip_scores, strict=True):
-            started = time.perf_counter()
-            face, verdict = self._face_score(shot, references)
-            face_ms = (time.perf_counter() - started) * 1000.0
-            scores.append(
-                ShotScore(
-                    verdict=verdict,
-                    face=face,
-                    clip=clip,
-                    scorer_version=SCORER_VERSION,
-                    scoring_ms=face_ms + clip_share_ms,
-                )
-            )
-        return scores
+    def _text_similarities(
+        self, shots: Sequence[ShotToScore], embeddings: npt.NDArray[np.float32]
+    ) -> list[float | None]:
+        prompted = [index for index, shot in enumerate(shots) if shot.prompt]
+        similarities: list[float | None] = [None] * len(shots)
+        if self._texts is None or not prompted:
+            return similarities
+        texts = self._texts.embed_texts([shots[index].prompt or "" for index in prompted])
+        for index, text in zip(prompted, texts, strict=True):
+            similarities[index] = cosine_similarity(embeddings[index], text)
+        return similarities
 
-    def _face_score(self, shot: Image.Image, references: ReferenceEmbeddings) -> tuple[FaceScore | None, Verdict]:
+    def _face_score(self, shot: Image.Image, references: ReferenceEmbeddings) -> FaceScore | None:
         if not references.face_descriptors:
-            return None, "uncertain"
-        observation = self._face.observe(shot)
-        distances = identity_distances(observation, references.face_descriptors)
-        if distances is None:
-            distance = mean_distance = None
-        else:
-            distance, mean_distance = float(distances.min()), float(distances.mean())
-        face = FaceScore(
+            return None
+        observation = self._face.observe(shot, max_candidates=self._max_face_candidates)
+        notes: list[FaceNote] = list(observation.notes)
+        if len(observation.candidates) > 1 and "several_candidates" not in notes:
+            notes.append("several_candidates")
+        stacked = np.stack(references.face_descriptors).astype(np.float64)
+        distances = [_distances(candidate.descriptor, stacked) for candidate in observation.candidates]
+        best = min(range(len(distances)), key=lambda index: float(distances[index].min()), default=None)
+        chosen = None if best is None else distances[best]
+        closest = None if best is None else observation.candidates[best].descriptor
+        centroid = stacked.mean(axis=0)
+        return FaceScore(
             faces_found=observation.faces_found,
-            distance=distance,
-            mean_distance=mean_distance,
+            candidates=len(observation.candidates),
+            notes=notes,
+            references_with_face=len(references.face_descriptors),
+            distance=None if chosen is None else float(chosen.min()),
+            mean_distance=None if chosen is None else float(chosen.mean()),
+            max_distance=None if chosen is None else float(chosen.max()),
+            centroid_distance=None if closest is None else float(_distances(closest, centroid[None, :])[0]),
             same_below=self._thresholds.face_same_below,
+            uncertain_below=self._thresholds.face_uncertain_below,
             model=self._face.model_name,
         )
-        return face, face_verdict(distance, self._thresholds)
-
-    def _clip_score(self, embedding: npt.NDArray[np.float32], references: ReferenceEmbeddings) -> ClipScore:
-        return ClipScore(
-            image_similarity=cosine_similarity(embedding, references.clip_mean),
-            calibrated=self._images.calibrated,
-            model=self._images.model_name,
-        )
 
 
-def identity_distances(
-    observation: FaceObservation, reference_descriptors: Sequence[FaceDescriptor]
-) -> npt.NDArray[np.float64] | None:
-    """L2 distance from the observed face to each reference face; None when no face was observed."""
-    if observation.descriptor is None or not reference_descriptors:
-        return None
-    stacked = np.stack(reference_descriptors).astype(np.float64)
-    return np.asarray(np.linalg.norm(stacked - observation.descriptor.astype(np.float64), axis=1), dtype=np.float64)
+def scorer_key(
+    *,
+    face_model: str,
+    image_model: str,
+    prompt_adherence: bool,
+    thresholds: ScoringThresholds,
+    calibration_profile: str | None,
+    max_face_candidates: int,
+) -> str:
+    """`scoring-2-<12 hex>`: the version plus a digest of everything else that can change a score."""
+    settings = {
+        "face_model": face_model,
+        "image_model": image_model,
+        "prompt_adherence": prompt_adherence,
+        "thresholds": asdict(thresholds),
+        "calibration_profile": calibration_profile,
+        "max_face_candidates": max_face_candidates,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{SCORER_VERSION}-{digest}"
+
+
+def judge(face: FaceScore | None, clip: ClipScore, thresholds: ScoringThresholds) -> tuple[Verdict, ScoreBasis, str]:
+    """The verdict, what it rests on and why, in one sentence a person can check."""
+    if face is None:
+        return clip_verdict(clip, thresholds)
+    verdict = face_verdict(face.distance, thresholds)
+    if face.distance is None:
+        return verdict, "face", "no face found in the shot, though the references show one"
+    several = f" (the closest of {face.candidates} faces)" if face.candidates > 1 else ""
+    if verdict == "same":
+        rule = f"under {thresholds.face_same_below:.2f}"
+    elif verdict == "uncertain":
+        rule = f"between {thresholds.face_same_below:.2f} and {thresholds.face_uncertain_below:.2f}"
+    else:
+        rule = f"at or over {thresholds.face_uncertain_below:.2f}"
+    return verdict, "face", f"face distance {face.distance:.3f}{several} to the nearest reference is {rule}: {verdict}"
+
+
+def clip_verdict(clip: ClipScore, thresholds: ScoringThresholds) -> tuple[Verdict, ScoreBasis, str]:
+    """The verdict for a character whose references show no face: CLIP image similarity alone."""
+    similarity = clip.image_similarity
+    prefix = f"no face in the references, so CLIP image similarity alone: {similarity:.3f}"
+    if not clip.calibrated:
+        return "uncertain", "clip_image", f"{prefix}, from random weights, which cannot tell identities apart"
+    if similarity >= thresholds.clip_same_above:
+        return "same", "clip_image", f"{prefix} is at or over {thresholds.clip_same_above:.2f}: same"
+    if similarity >= thresholds.clip_uncertain_above:
+        band = f"{thresholds.clip_uncertain_above:.2f} and {thresholds.clip_same_above:.2f}"
+        return "uncertain", "clip_image", f"{prefix} is between {band}: uncertain"
+    return "different", "clip_image", f"{prefix} is under {thresholds.clip_uncertain_above:.2f}: different"
+
+
+def _distances(descriptor: npt.NDArray[np.floating], references: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """L2 distance from one descriptor to each row of `references`."""
+    return np.asarray(np.linalg.norm(references - descriptor.astype(np.float64), axis=1), dtype=np.float64)
 
 
 def face_verdict(distance: float | None, thresholds: ScoringThresholds) -> Verdict:

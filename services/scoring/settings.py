@@ -24,6 +24,24 @@ class ScoringSettings(BaseSettings):
     face_same_below: float = Field(default=0.6, gt=0, description="dlib L2 distance under which faces match.")
     face_uncertain_below: float = Field(default=0.6, gt=0, description="Upper end of the 'uncertain' band.")
     face_jitters: int = Field(default=1, ge=1)
+    max_face_candidates: int = Field(
+        default=5, ge=1, description="Faces in a shot compared with the references; the closest one counts."
+    )
+    clip_same_above: float = Field(
+        default=0.85, ge=-1, le=1, description="Faceless characters only: CLIP-I at or over this is 'same'."
+    )
+    clip_uncertain_above: float = Field(
+        default=0.75, ge=-1, le=1, description="Faceless characters only: CLIP-I under this is 'different'."
+    )
+    prompt_adherence: bool = Field(
+        default=True, description="Score CLIP-T (prompt vs shot); needs CLIP's text tower (~125 MB in bfloat16)."
+    )
+    rescore: Literal["all", "new"] = Field(
+        default="all",
+        description="When a scorer with a new key (new models, weights or thresholds) starts: 'all' replays every "
+        "stored ShotStored event and scores every shot again (old scores are kept); 'new' scores new shots only.",
+    )
+    batch_size: int = Field(default=8, ge=1, le=64, description="Shots scored together (one CLIP batch).")
     calibration_profile: Path | None = Field(
         default=None,
         description="A profile saved by `likeness calibrate --save`; its thresholds replace the two above.",

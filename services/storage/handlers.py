@@ -89,7 +89,8 @@ async def on_shot_generated(event: ShotGenerated, *, records: Records) -> list[E
 
 async def on_shot_scored(event: ShotScored, *, records: Records) -> list[Event]:
     await records.character(event.character_id, lock=True)  # serialise completion checks per character
-    await records.add_score(event)
+    if not await records.add_score(event):
+        return []  # a re-scoring (or a late score after a failure): the character's completion is old news
     return await _completion(event, records)
 
 

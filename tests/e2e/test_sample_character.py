@@ -82,6 +82,16 @@ def test_sample_character_every_shot_stored_and_scored_exactly_once(system: Runn
     assert drifted, "the demo configuration should drift at least one shot"
     assert [s["score"]["verdict"] for s in clean] == ["same"] * len(clean)
     assert [s["score"]["verdict"] for s in drifted] == ["different"] * len(drifted)
+    for shot in shots:
+        score = shot["score"]
+        assert score["basis"] == "face"
+        assert score["scorer_version"] == "scoring-2"
+        assert score["reason"].startswith("face distance")
+        assert score["reason"].endswith(score["verdict"])
+        assert score["face"]["centroid_distance"] is not None
+        assert score["face"]["references_with_face"] == 1
+        assert -1.0 <= score["clip"]["text_similarity"] <= 1.0  # prompt adherence, on random weights
+        assert score["clip"]["calibrated"] is False
 
     seen: list[str] = []
     for event_type, _ in system.client.events(character_id, timeout_s=30):

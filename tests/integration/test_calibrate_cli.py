@@ -95,7 +95,9 @@ def test_calibrate_prints_the_figures_and_saves_a_profile(images: Path, tmp_path
     assert profile.figures.source == "tiny.csv"
     # The scoring service takes its thresholds from the saved file.
     settings = ScoringSettings(calibration_profile=saved)
-    assert thresholds_from(settings, face_model=MODEL).face_same_below == profile.face_same_below
+    thresholds, profile_name = thresholds_from(settings, face_model=MODEL)
+    assert thresholds.face_same_below == profile.face_same_below
+    assert profile_name == "tiny"
 
 
 def test_a_threshold_and_a_band(images: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from services.scoring.calibration import (
     roc_auc,
     validate_profile_name,
 )
-from services.scoring.ports import FaceObservation
+from services.scoring.ports import FaceCandidate, FaceObservation
 from services.scoring.scorer import ScoringThresholds
 from services.scoring.settings import ScoringSettings
 
@@ -246,8 +246,19 @@ def test_scoring_thresholds_come_from_the_profile_when_set(tmp_path: Path) -> No
     profile = replace(report(), face_same_below=0.5, face_uncertain_below=0.55)
     path = save_profile(profile, tmp_path)
     settings = ScoringSettings(calibration_profile=path, face_same_below=0.3, face_uncertain_below=0.3)
-    assert thresholds_from(settings, face_model=MODEL) == ScoringThresholds(0.5, 0.55)
-    assert thresholds_from(ScoringSettings(), face_model=MODEL) == ScoringThresholds(0.6, 0.6)
+    assert thresholds_from(settings, face_model=MODEL) == (ScoringThresholds(0.5, 0.55), "studio-2026_11")
+    assert thresholds_from(ScoringSettings(), face_model=MODEL) == (ScoringThresholds(0.6, 0.6), None)
+
+
+def test_clip_thresholds_come_from_the_settings_with_or_without_a_profile(tmp_path: Path) -> None:
+    path = save_profile(replace(report(), face_same_below=0.5, face_uncertain_below=0.55), tmp_path)
+    with_profile, _ = thresholds_from(
+        ScoringSettings(calibration_profile=path, clip_same_above=0.9, clip_uncertain_above=0.8), face_model=MODEL
+    )
+    without, _ = thresholds_from(ScoringSettings(clip_same_above=0.9, clip_uncertain_above=0.8), face_model=MODEL)
+
+    assert with_profile == ScoringThresholds(0.5, 0.55, clip_same_above=0.9, clip_uncertain_above=0.8)
+    assert without == ScoringThresholds(0.6, 0.6, clip_same_above=0.9, clip_uncertain_above=0.8)
 
 
 def test_scoring_refuses_a_missing_profile_or_one_for_another_model(tmp_path: Path) -> None:
@@ -326,8 +337,9 @@ class OneFaceEverywhere:
 
     model_name = "fake face model"
 
-    def observe(self, image: Image.Image) -> FaceObservation:
-        return FaceObservation(faces_found=1, descriptor=np.zeros(128, dtype=np.float32), box=(0, 0, 1, 1))
+    def observe(self, image: Image.Image, *, max_candidates: int = 1) -> FaceObservation:
+        face = FaceCandidate(descriptor=np.zeros(128, dtype=np.float32), box=(0, 0, 1, 1), detector_score=1.0)
+        return FaceObservation(faces_found=1, candidates=(face,))
 
 
 def test_an_image_that_cannot_be_read_is_named(images_dir: Path) -> None:

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from services.scoring.adapters.face import DlibFaceEmbedder
 from services.scoring.ports import FaceDescriptor, FaceObservation, ModelWeightsUnavailable
 from tests.sample_images import astronaut, astronaut_variants, darkened, grace_hopper, plain_gray
+from tests.unit.two_people import ASTRONAUT_SIDE, GRACE_HOPPER_SIDE, side_by_side
 
 SAME_BELOW = 0.6
 
@@ -84,7 +85,8 @@ def test_grace_hopper_is_a_different_person(embedder: DlibFaceEmbedder, astronau
     ],
 )
 def test_no_face(embedder: DlibFaceEmbedder, name: str, image: Image.Image) -> None:
-    assert embedder.observe(image) == FaceObservation(faces_found=0, descriptor=None, box=None)
+    assert embedder.observe(image) == FaceObservation(faces_found=0)
+    assert embedder.observe(image, max_candidates=5) == FaceObservation(faces_found=0)
 
 
 @pytest.mark.parametrize(
@@ -104,6 +106,63 @@ def test_darkness_rescue_uses_the_stretched_image(embedder: DlibFaceEmbedder, as
     very_dark = darkened(astronaut(), 0.02)  # pixel values 0-5: HOG alone finds nothing
     seen = embedder.observe(very_dark)
     assert distance(seen.descriptor, astronaut_face.descriptor) < SAME_BELOW  # measured 0.32
+    assert seen.notes == ("contrast_stretched",)
+
+
+def test_a_face_found_only_on_an_enlarged_copy_says_so(embedder: DlibFaceEmbedder) -> None:
+    small = astronaut().resize((224, 224), Image.Resampling.LANCZOS)  # her face is ~40 px: upsample 1 finds it
+
+    assert embedder.observe(small).notes == ("upsampled",)
+
+
+def test_a_plain_photo_has_no_notes(astronaut_face: FaceObservation) -> None:
+    assert astronaut_face.notes == ()
+    assert len(astronaut_face.candidates) == 1
+
+
+# --- several people in one shot ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_people(embedder: DlibFaceEmbedder) -> FaceObservation:
+    return embedder.observe(side_by_side(), max_candidates=5)
+
+
+def inside(box: tuple[int, int, int, int] | None, area: tuple[int, int, int, int]) -> bool:
+    assert box is not None
+    left, top, right, bottom = box
+    return area[0] <= left < right <= area[2] and area[1] <= top < bottom <= area[3]
+
+
+def test_two_people_give_two_candidates_the_larger_face_first(two_people: FaceObservation) -> None:
+    assert two_people.faces_found >= 2  # measured 3: the mission patch is a weak third detection
+    assert len(two_people.candidates) == 2
+    primary, other = two_people.candidates
+    assert inside(primary.box, GRACE_HOPPER_SIDE)
+    assert inside(other.box, ASTRONAUT_SIDE)
+    assert two_people.descriptor is primary.descriptor
+    assert two_people.notes == ()  # several_candidates is the scorer's to say
+
+
+def test_each_candidate_is_described_as_its_own_person(
+    embedder: DlibFaceEmbedder, two_people: FaceObservation, astronaut_face: FaceObservation
+) -> None:
+    grace = embedder.observe(grace_hopper())
+    primary, other = two_people.candidates
+
+    assert distance(primary.descriptor, grace.descriptor) < 0.2  # measured 0.08
+    assert distance(other.descriptor, astronaut_face.descriptor) < 0.2  # measured 0.0
+    assert distance(primary.descriptor, other.descriptor) > 0.65
+
+
+def test_max_candidates_limits_the_faces_described(embedder: DlibFaceEmbedder, two_people: FaceObservation) -> None:
+    one = embedder.observe(side_by_side(), max_candidates=1)
+
+    assert one.faces_found == two_people.faces_found
+    assert len(one.candidates) == 1
+    assert one.box == two_people.box
+    with pytest.raises(ValueError, match="max_candidates"):
+        embedder.observe(side_by_side(), max_candidates=0)
 
 
 def test_model_name_says_model_and_jitters(embedder: DlibFaceEmbedder) -> None:

@@ -15,6 +15,7 @@ from PIL import Image
 from rich.console import Console
 from rich.text import Text
 
+from contracts import ClipScore, FaceScore, ShotScore, Verdict
 from infra.report import (
     CSV_COLUMNS,
     SIMULATED_BANNER,
@@ -22,6 +23,7 @@ from infra.report import (
     UNCALIBRATED_BANNER,
     results_table,
     shot_rows,
+    stats_notes,
     stats_table,
     summary,
     write_csv,
@@ -241,7 +243,8 @@ def test_table_shows_every_shot_and_says_when_it_is_simulated_and_uncalibrated()
 
     for header in ("shot", "scenario", "provider", "latency", "cost", "face identity", "verdict"):
         assert header in text
-    assert "CLIP (uncalibrated)" in text
+    assert "CLIP-I (uncalibrated)" in text
+    assert "CLIP-T" in text
     assert "no face" in text
     assert "failed: generation" in text
     assert "sim: drifted (caught)" in text
@@ -514,3 +517,114 @@ def test_html_ignores_image_refs_that_are_not_safe_file_names(tmp_path: Path) ->
 
     assert "image not included" in html
     assert not (tmp_path / "etc").exists()
+
+
+# --- scoring-2 scores: basis, reason, scorer key, CLIP-T ------------------------------------------
+
+SCORER_KEY = "scoring-2-0123456789ab"
+
+
+def scoring_2_score(verdict: Verdict = "same") -> dict[str, Any]:
+    """A score as the scoring service makes it now, dumped to JSON like the gateway serves it."""
+    return ShotScore(
+        verdict=verdict,
+        basis="face",
+        reason="face distance 0.310 (the closest of 2 faces) to the nearest reference is under 0.60: same",
+        face=FaceScore(
+            faces_found=3,
+            candidates=2,
+            notes=["several_candidates", "upsampled"],
+            references_with_face=2,
+            distance=0.31,
+            mean_distance=0.42,
+            max_distance=0.53,
+            centroid_distance=0.35,
+            same_below=0.6,
+            uncertain_below=0.65,
+            model="dlib_resnet_v1",
+        ),
+        clip=ClipScore(image_similarity=0.81, text_similarity=0.27, calibrated=False, model="ViT-B-32"),
+        scorer_version="scoring-2",
+        scorer_key=SCORER_KEY,
+        calibration_profile="studio-1",
+        scoring_ms=40.0,
+    ).model_dump(mode="json")
+
+
+def test_csv_has_the_new_score_columns_filled_from_the_score(tmp_path: Path) -> None:
+    character, _ = sample_character()
+    character["shots"][0]["score"] = scoring_2_score()
+
+    path = write_csv(character, tmp_path / "results.csv")
+
+    with path.open(newline="", encoding="utf-8") as source:
+        rows = list(csv.DictReader(source))
+    new_columns = (
+        "face_max_distance",
+        "face_centroid_distance",
+        "face_candidates",
+        "face_notes",
+        "calibration_profile",
+        "score_basis",
+        "score_reason",
+        "prompt_similarity",
+        "scorer_key",
+    )
+    assert set(new_columns) <= set(CSV_COLUMNS)
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    first = rows[0]
+    assert {column: first[column] for column in new_columns} == {
+        "face_max_distance": "0.53",
+        "face_centroid_distance": "0.35",
+        "face_candidates": "2",
+        "face_notes": "several_candidates upsampled",
+        "calibration_profile": "studio-1",
+        "score_basis": "face",
+        "score_reason": character["shots"][0]["score"]["reason"],
+        "prompt_similarity": "0.27",
+        "scorer_key": SCORER_KEY,
+    }
+    assert (first["scorer_version"], first["face_distance"], first["clip_similarity"]) == ("scoring-2", "0.31", "0.81")
+    older = rows[1]  # a score stored before scoring-2 has none of them
+    assert all(older[column] == "" for column in new_columns)
+
+
+def test_rows_table_and_stats_notes_show_the_new_figures() -> None:
+    character, _ = sample_character()
+    character["shots"][0]["score"] = scoring_2_score()
+
+    row = shot_rows(character)[0]
+    table = render(results_table(character))
+    notes = stats_notes(character)
+
+    assert (row.prompt_similarity, row.scorer_key) == (0.27, SCORER_KEY)
+    assert shot_rows(character)[1].scorer_key is None
+    assert "0.270" in table
+    assert (
+        notes[-1] == f"scores by scorer {SCORER_KEY} (calibration profile studio-1); each shot shows its newest score"
+    )
+    assert SCORER_KEY in render(stats_table(character))
+
+
+def test_stats_notes_name_every_scorer_key_in_use() -> None:
+    character, _ = sample_character()
+    character["shots"][0]["score"] = scoring_2_score()
+    character["shots"][1]["score"] = {**scoring_2_score(), "scorer_key": "scoring-2-ffffffffffff"}
+    character["shots"][1]["score"]["calibration_profile"] = None
+
+    assert stats_notes(character)[-1] == (
+        f"scores by scorers {SCORER_KEY} (calibration profile studio-1), "
+        "scoring-2-ffffffffffff (thresholds from settings); each shot shows its newest score"
+    )
+    assert not any("scorer" in note for note in stats_notes(sample_character()[0]))
+
+
+def test_html_shows_the_reason_for_each_verdict(tmp_path: Path) -> None:
+    character, images = sample_character()
+    character["shots"][0]["score"] = scoring_2_score()
+    character["shots"][0]["score"]["reason"] = "face distance <0.310>: same"
+
+    html = write_html(character, images, tmp_path).read_text(encoding="utf-8")
+
+    assert '<p class="reason">face distance &lt;0.310&gt;: same</p>' in html
+    assert html.count('class="reason"') == 1, "older scores have no reason to show"

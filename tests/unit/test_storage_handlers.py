@@ -43,15 +43,32 @@ def generated(shot: ShotRequested) -> ShotGenerated:
     )
 
 
-def scored(stored: ShotStored, verdict: Verdict = "same") -> ShotScored:
+def scored(stored: ShotStored, verdict: Verdict = "same", scorer_key: str = "scoring-2-aaaaaaaaaaaa") -> ShotScored:
     score = ShotScore(
         verdict=verdict,
-        face=FaceScore(faces_found=1, distance=0.3, mean_distance=0.3, same_below=0.6, model="dlib"),
+        basis="face",
+        reason="a test score",
+        face=FaceScore(
+            faces_found=1,
+            candidates=1,
+            references_with_face=1,
+            distance=0.3,
+            mean_distance=0.3,
+            max_distance=0.3,
+            centroid_distance=0.3,
+            same_below=0.6,
+            uncertain_below=0.6,
+            model="dlib",
+        ),
         clip=ClipScore(image_similarity=0.9, calibrated=False, model="clip"),
-        scorer_version="test",
+        scorer_version="scoring-2",
+        scorer_key=scorer_key,
+        calibration_profile=None,
         scoring_ms=1,
     )
-    return ShotScored.follow(stored, shot_id=stored.shot_id, character_id=stored.character_id, score=score)
+    return ShotScored.follow(
+        stored, key=scorer_key, shot_id=stored.shot_id, character_id=stored.character_id, score=score
+    )
 
 
 async def test_a_requested_character_is_recorded_and_its_references_announced() -> None:
@@ -114,3 +131,50 @@ async def test_a_late_duplicate_generation_after_scoring_changes_nothing() -> No
     await handlers.on_shot_scored(scored(stored), records=records)
     assert await handlers.on_shot_generated(generated(shot), records=records) == []
     assert records.shots[shot.shot_id]["status"] == "scored"
+
+
+async def one_stored_shot(records: FakeRecords) -> ShotStored:
+    """A character with one shot, stored and ready to score."""
+    character = character_requested()
+    await handlers.on_character_requested(character, records=records)
+    shot = shot_requested(character)
+    await handlers.on_shot_requested(shot, records=records)
+    [stored] = await handlers.on_shot_generated(generated(shot), records=records)
+    assert isinstance(stored, ShotStored)
+    return stored
+
+
+async def test_a_rescoring_with_a_new_scorer_key_keeps_both_scores_and_completes_nothing() -> None:
+    records = FakeRecords()
+    stored = await one_stored_shot(records)
+    first = await handlers.on_shot_scored(scored(stored, "same", "scoring-2-aaaaaaaaaaaa"), records=records)
+    assert [e.type for e in first] == ["CharacterCompleted"]
+
+    again = await handlers.on_shot_scored(scored(stored, "different", "scoring-2-bbbbbbbbbbbb"), records=records)
+
+    assert again == [], "the character was completed by the first score"
+    assert [s.score.scorer_key for s in records.scores] == ["scoring-2-aaaaaaaaaaaa", "scoring-2-bbbbbbbbbbbb"]
+    assert records.scores[0].event_id != records.scores[1].event_id
+    assert records.shots[stored.shot_id]["status"] == "scored"
+
+
+async def test_the_same_scorer_key_twice_keeps_one_score() -> None:
+    records = FakeRecords()
+    stored = await one_stored_shot(records)
+    event = scored(stored)
+    assert [e.type for e in await handlers.on_shot_scored(event, records=records)] == ["CharacterCompleted"]
+
+    assert await handlers.on_shot_scored(event, records=records) == []
+    assert await handlers.on_shot_scored(scored(stored, "different"), records=records) == []
+
+    assert len(records.scores) == 1
+    assert records.scores[0].score.verdict == "same"
+
+
+async def test_a_score_for_a_failed_shot_is_kept_but_completes_nothing() -> None:
+    records = FakeRecords()
+    stored = await one_stored_shot(records)
+    await records.mark_shot_failed(stored.shot_id, "scoring", "gave up")
+
+    assert await handlers.on_shot_scored(scored(stored), records=records) == []
+    assert records.shots[stored.shot_id]["status"] == "failed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import hashlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,8 @@ class OpenClipImageEmbedder:
       once instead of after ~46 s of retries.
 
     `threads` sets torch's intra-op thread count for the whole process (a torch global).
+    `prompt_adherence` keeps the text tower for `embed_texts` (CLIP-T); without it the tower is
+    freed (about 250 MB in float32 for ViT-B-32) and `embed_texts` raises.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class OpenClipImageEmbedder:
         batch_size: int = 16,
         seed: int = 0,
         precision: Precision = "float32",
+        prompt_adherence: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -64,15 +68,18 @@ class OpenClipImageEmbedder:
         self._architecture = model_name
         self._device = torch.device(device)
         self._batch_size = batch_size
+        self._dtype = _dtype(precision)
         if weights is None:
-            with torch.random.fork_rng(devices=[]):
+            # made in the target precision from the start: no float32 copy to peak memory (~600 MB)
+            with torch.random.fork_rng(devices=[]), _default_dtype(self._dtype):
                 torch.manual_seed(seed)
                 model, preprocess = _create(model_name, None, device)
             self._weights_label = "random weights, uncalibrated"
             self._calibrated = False
         elif Path(weights).is_file():
             model, preprocess = _load(model_name, weights, device, offline=offline)
-            self._weights_label = Path(weights).name
+            # the file's digest, so new weights under an old name still make a new scorer key
+            self._weights_label = f"{Path(weights).name} sha256:{_file_sha256(Path(weights))[:12]}"
             self._calibrated = True
         elif weights.endswith(_WEIGHT_FILE_SUFFIXES) or os.sep in weights:
             raise ModelWeightsUnavailable(
@@ -84,10 +91,12 @@ class OpenClipImageEmbedder:
             self._weights_label = weights
             self._calibrated = True
         model.eval()
-        _drop_text_tower(model)
-        self._dtype = _dtype(precision)
+        self._tokenizer: Any = open_clip.get_tokenizer(model_name) if prompt_adherence else None
+        if not prompt_adherence:
+            _drop_text_tower(model)
         if self._dtype != torch.float32:
-            model.visual.to(self._dtype)
+            model.to(self._dtype)
+        _release_freed_memory()
         self._model: Any = model
         self._preprocess: Any = preprocess
         self._dimension = int(model.visual.output_dim)
@@ -117,6 +126,25 @@ class OpenClipImageEmbedder:
                     self._model.encode_image(batch.to(self._dtype)).float(), dim=-1
                 )
                 rows.append(features.float().cpu().numpy())
+        return self._stacked(rows)
+
+    @property
+    def prompt_adherence(self) -> bool:
+        return self._tokenizer is not None
+
+    def embed_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """L2-normalised text embeddings in the image embeddings' space (prompts longer than 77 tokens are cut)."""
+        if self._tokenizer is None:
+            raise RuntimeError("this embedder was made with prompt_adherence=False: its text tower is gone")
+        rows: list[npt.NDArray[np.float32]] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self._batch_size):
+                tokens = self._tokenizer(list(texts[start : start + self._batch_size])).to(self._device)
+                features = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
+                rows.append(features.cpu().numpy())
+        return self._stacked(rows)
+
+    def _stacked(self, rows: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
         if not rows:
             return np.zeros((0, self._dimension), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
@@ -135,7 +163,7 @@ def cpu_has_bf16() -> bool:
 
 
 def _dtype(precision: Precision) -> torch.dtype:
-    """bfloat16 halves the image tower's memory (~175 MB for ViT-B-32) and, with native support, its time."""
+    """bfloat16 halves the towers' memory (~175 MB image, ~125 MB text for ViT-B-32) and, natively, their time."""
     if precision == "auto":
         return torch.bfloat16 if cpu_has_bf16() else torch.float32
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
@@ -145,17 +173,35 @@ _TEXT_TOWER = ("transformer", "token_embedding", "positional_embedding", "ln_fin
 
 
 def _drop_text_tower(model: Any) -> None:
-    """Image similarity needs only the image tower: free the text tower (about 250 MB for ViT-B-32).
-
-    Prompt adherence (CLIP-T) will need it back; it is a follow-up (issue 3).
-    """
+    """Image similarity alone needs only the image tower: free the text tower (about 250 MB for ViT-B-32)."""
     for name in _TEXT_TOWER:
         if hasattr(model, name):
             setattr(model, name, None)
+
+
+def _release_freed_memory() -> None:
     gc.collect()
     if sys.platform.startswith("linux"):  # hand the freed pages back to the OS now, not at some later malloc
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as weights:
+        while chunk := weights.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _create(model_name: str, pretrained: str | None, device: str) -> tuple[Any, Any]:

@@ -7,6 +7,7 @@ that package needs `pkg_resources`, which setuptools 81+ no longer ships.
 from __future__ import annotations
 
 import importlib.util
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +17,9 @@ import dlib
 import numpy as np
 from PIL import Image, ImageOps
 
+from contracts.values import FaceNote
 from services.scoring.adapters.rgb import to_rgb_array
-from services.scoring.ports import FaceBox, FaceObservation, ModelWeightsUnavailable
+from services.scoring.ports import FaceBox, FaceCandidate, FaceObservation, ModelWeightsUnavailable
 
 SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -51,7 +53,7 @@ def default_models_dir() -> Path:
 
 
 class DlibFaceEmbedder:
-    """Finds the largest face with dlib's HOG detector and describes it with dlib's ResNet.
+    """Finds faces with dlib's HOG detector and describes them with dlib's ResNet, the largest first.
 
     Detection tries upsample 0, then 1 (up to `max_upsample`); if nothing is found it retries
     on an autocontrasted grayscale copy, which rescues dark and low-contrast shots, and then
@@ -76,33 +78,39 @@ class DlibFaceEmbedder:
     def model_name(self) -> str:
         return f"dlib_face_recognition_resnet_model_v1 (HOG, jitters={self._jitters})"
 
-    def observe(self, image: Image.Image) -> FaceObservation:
+    def observe(self, image: Image.Image, *, max_candidates: int = 1) -> FaceObservation:
+        if max_candidates < 1:
+            raise ValueError("max_candidates must be >= 1")
         pixels = to_rgb_array(image)
+        notes: list[FaceNote] = []
         with self._lock:
-            found = self._detect(pixels)
+            found, upsample = self._detect(pixels)
             if not found:
                 enhanced = _autocontrasted_gray(pixels)
                 if enhanced is not None:
-                    found = self._detect(enhanced)
+                    found, upsample = self._detect(enhanced)
                     if found:
                         pixels = enhanced
+                        notes.append("contrast_stretched")
             if not found:
-                return FaceObservation(faces_found=0, descriptor=None, box=None)
-            face = _largest(_confident(found))
-            shape = self._shape_predictor(pixels, face)
-            descriptor = self._descriptor_model.compute_face_descriptor(pixels, shape, self._jitters)
-        return FaceObservation(
-            faces_found=len(found),
-            descriptor=np.asarray(descriptor, dtype=np.float32),
-            box=_clipped_box(face, width=pixels.shape[1], height=pixels.shape[0]),
-        )
+                return FaceObservation(faces_found=0)
+            if upsample > 0:
+                notes.append("upsampled")
+            candidates = []
+            for rect, score in _ranked(_confident(found))[:max_candidates]:
+                shape = self._shape_predictor(pixels, rect)
+                descriptor = self._descriptor_model.compute_face_descriptor(pixels, shape, self._jitters)
+                box = _clipped_box(rect, width=pixels.shape[1], height=pixels.shape[0])
+                candidates.append(FaceCandidate(np.asarray(descriptor, dtype=np.float32), box, score))
+        return FaceObservation(faces_found=len(found), candidates=tuple(candidates), notes=tuple(notes))
 
-    def _detect(self, pixels: np.ndarray[Any, np.dtype[np.uint8]]) -> list[tuple[Any, float]]:
+    def _detect(self, pixels: np.ndarray[Any, np.dtype[np.uint8]]) -> tuple[list[tuple[Any, float]], int]:
+        """Detections with their scores, and the upsampling that found them."""
         for upsample in self._upsample_steps:
             rectangles, scores, _ = self._detector.run(pixels, upsample, 0.0)
             if len(rectangles) > 0:
-                return list(zip(rectangles, (float(s) for s in scores), strict=True))
-        return []
+                return list(zip(rectangles, (float(s) for s in scores), strict=True)), upsample
+        return [], 0
 
 
 def _model_file(directory: Path, name: str) -> str:
@@ -121,15 +129,20 @@ def _confident(found: Sequence[tuple[Any, float]]) -> list[tuple[Any, float]]:
     return [(rect, score) for rect, score in found if score >= best_score * _MIN_SCORE_FRACTION_OF_BEST]
 
 
-def _largest(confident: Sequence[tuple[Any, float]]) -> Any:
-    """The largest box; among boxes of the same pyramid scale, the best-scored one."""
+def _ranked(confident: Sequence[tuple[Any, float]]) -> list[tuple[Any, float]]:
+    """Largest first; boxes of the same pyramid scale as a larger one rank by the detector's score.
+
+    The first is the primary face, the one a reference image stands for.
+    """
+
+    def rank(item: tuple[int, tuple[Any, float]]) -> tuple[int, float, int]:
+        index, (rect, score) = item
+        # the pyramid level, counted down from the largest box: same-scale boxes share a level
+        level = math.floor(math.log(largest_area / max(1, int(rect.area()))) / math.log(_SAME_SCALE_AREA_RATIO))
+        return (level, -score, index)
+
     largest_area = max(int(rect.area()) for rect, _ in confident)
-    same_scale = [
-        (score, int(rect.area()), index)
-        for index, (rect, score) in enumerate(confident)
-        if rect.area() * _SAME_SCALE_AREA_RATIO >= largest_area
-    ]
-    return confident[max(same_scale)[2]][0]
+    return [item for _, item in sorted(enumerate(confident), key=rank)]
 
 
 def _autocontrasted_gray(

@@ -121,26 +121,29 @@ class PostgresRecords:
         )
         return None if prompt is None else str(prompt)
 
-    async def add_score(self, event: ShotScored) -> None:
+    async def add_score(self, event: ShotScored) -> bool:
         score = event.score
         await self._conn.execute(
-            """INSERT INTO records.scores
-                   (shot_id, event_id, scorer_version, verdict, face_distance, clip_similarity, score, scored_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8)
+            """INSERT INTO records.scores (shot_id, event_id, scorer_version, scorer_key, verdict, face_distance,
+                                           clip_similarity, score, scored_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9)
                ON CONFLICT DO NOTHING""",
             event.shot_id,
             event.event_id,
             score.scorer_version,
+            score.scorer_key,
             score.verdict,
             None if score.face is None else score.face.distance,
             score.clip.image_similarity,
             score.model_dump_json(),
             event.occurred_at,
         )
-        await self._conn.execute(
-            "UPDATE records.shots SET status='scored', finished_at=now() WHERE shot_id=$1 AND status <> 'failed'",
+        first = await self._conn.fetchval(
+            """UPDATE records.shots SET status='scored', finished_at=now()
+               WHERE shot_id=$1 AND status NOT IN ('scored', 'failed') RETURNING true""",
             event.shot_id,
         )
+        return bool(first)
 
     async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None:
         await self._conn.execute(
