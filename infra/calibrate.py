@@ -1,7 +1,9 @@
 """`likeness calibrate`: face distance on labelled pairs, the thresholds it suggests, a saved profile.
 
 The figures come from `services.scoring.calibration` (pure); this module reads the pairs file and
-the images, runs the face embedder once per distinct image, prints, and writes profiles.
+the images, runs the face embedder once per distinct image, prints, and writes profiles. With
+`--folds K` it also prints an identity-disjoint cross-validation: the EER threshold fitted without
+some people, judged on those people's pairs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from services.scoring.calibration import (
     CalibrationProfileError,
     CalibrationReport,
     Confusion,
+    CrossValidation,
+    HeldOutCounts,
+    ImagePair,
+    ScoredPair,
+    assign_folds,
     calibration_report,
+    cross_validate,
+    identity_groups,
     profile_from_report,
     validate_profile_name,
 )
@@ -52,6 +61,22 @@ class LabelledPair:
 class ThresholdInUse:
     value: float
     source: str  # where it came from, in words
+
+
+@dataclass(frozen=True)
+class ScoredPairs:
+    """Every pair in the file with its face distance (None: no face in an image), in file order."""
+
+    pairs: tuple[ScoredPair, ...]
+    no_face_images: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """What `calibrate` computed: the report, and the cross-validation when --folds asked for one."""
+
+    report: CalibrationReport
+    cross_validation: CrossValidation | None
 
 
 def read_pairs(pairs_csv: Path, images_dir: Path) -> list[LabelledPair]:
@@ -127,23 +152,27 @@ def describe_images(
     return descriptors
 
 
-def run_calibration(
-    pairs_csv: Path, images_dir: Path, *, embedder: FaceEmbedder, threshold: float, console: Console
-) -> CalibrationReport:
-    """Read the pairs, describe every distinct image once, and compute the report's figures."""
-    pairs = read_pairs(pairs_csv, images_dir)
+def score_pairs(
+    pairs: Sequence[LabelledPair], images_dir: Path, *, embedder: FaceEmbedder, console: Console
+) -> ScoredPairs:
+    """Describe every distinct image once and give each pair its face distance (None: no face)."""
     names = sorted({name for pair in pairs for name in (pair.image_a, pair.image_b)})
     descriptors = describe_images(names, images_dir, embedder, console)
-    same: list[float] = []
-    different: list[float] = []
-    no_face: list[tuple[str, str]] = []
+    scored = []
     for pair in pairs:
         a, b = descriptors[pair.image_a], descriptors[pair.image_b]
-        if a is None or b is None:
-            no_face.append((pair.image_a, pair.image_b))
-            continue
-        distance = float(np.linalg.norm(a.astype(np.float64) - b.astype(np.float64)))
-        (same if pair.same else different).append(distance)
+        distance = None
+        if a is not None and b is not None:
+            distance = float(np.linalg.norm(a.astype(np.float64) - b.astype(np.float64)))
+        scored.append(ScoredPair(pair.image_a, pair.image_b, pair.same, distance))
+    return ScoredPairs(tuple(scored), tuple(name for name in names if descriptors[name] is None))
+
+
+def report_from(scored: ScoredPairs, pairs_csv: Path, *, threshold: float, face_model: str) -> CalibrationReport:
+    """The report's figures over the scored pairs; pairs with no face are counted and listed."""
+    same = [p.distance for p in scored.pairs if p.same and p.distance is not None]
+    different = [p.distance for p in scored.pairs if not p.same and p.distance is not None]
+    no_face = [(p.image_a, p.image_b) for p in scored.pairs if p.distance is None]
     if not same or not different:
         raise CalibrationInputError(
             f"{pairs_csv}: after leaving out {len(no_face)} pair(s) with no face, {len(same)} same and "
@@ -153,11 +182,32 @@ def run_calibration(
         same,
         different,
         threshold=threshold,
-        face_model=embedder.model_name,
+        face_model=face_model,
         source=pairs_csv.name,
         no_face_pairs=no_face,
-        no_face_images=[name for name in names if descriptors[name] is None],
+        no_face_images=scored.no_face_images,
     )
+
+
+def run_calibration(
+    pairs_csv: Path, images_dir: Path, *, embedder: FaceEmbedder, threshold: float, console: Console
+) -> CalibrationReport:
+    """Read the pairs, describe every distinct image once, and compute the report's figures."""
+    pairs = read_pairs(pairs_csv, images_dir)
+    scored = score_pairs(pairs, images_dir, embedder=embedder, console=console)
+    return report_from(scored, pairs_csv, threshold=threshold, face_model=embedder.model_name)
+
+
+def check_folds(pairs: Sequence[ImagePair], folds: int, pairs_csv: Path) -> None:
+    """Refuse --folds K before any image is described, unless 2 <= K <= the number of identity groups."""
+    try:
+        assign_folds(pairs, folds)
+    except ValueError as error:
+        groups = len(identity_groups(pairs))
+        advice = (
+            f"choose --folds from 2 to {groups}" if groups >= 2 else "add pairs with other people, or leave --folds out"
+        )
+        raise CalibrationInputError(f"--folds {folds}: in {pairs_csv}, {error}. To fix: {advice}") from error
 
 
 def threshold_in_use(settings: ScoringSettings, face_model: str, override: float | None) -> ThresholdInUse:
@@ -234,6 +284,76 @@ def report_renderable(report: CalibrationReport, in_use: ThresholdInUse) -> Grou
     return Group(*parts)
 
 
+def cross_validation_renderable(cv: CrossValidation, in_use: ThresholdInUse, source: str) -> Group:
+    """Per fold: what it trained and was tested on, its fitted threshold and held-out figures; then pooled."""
+    table = Table(
+        title=f"Identity-disjoint cross-validation on {source}: {len(cv.folds)} folds of whole people "
+        f"({cv.groups} identity groups, from the 'same' pairs)"
+    )
+    headers = ("fold", "people\n(images)", "training pairs\nsame / different", "test pairs\nsame / different")
+    for header in headers:
+        table.add_column(header, justify="right")
+    table.add_column("fitted EER\nthreshold", justify="right")
+    table.add_column("held-out\naccuracy", justify="right")
+    table.add_column("TPR", justify="right")
+    table.add_column("FPR", justify="right")
+    table.add_column(f"accuracy at\n{cv.fixed_threshold:.4f}", justify="right")
+    for fold in cv.folds:
+        counts = [
+            str(fold.fold),
+            f"{fold.groups:,} ({fold.images:,})",
+            f"{fold.training_same:,} / {fold.training_different:,}",
+            f"{fold.test_same:,} / {fold.test_different:,}",
+        ]
+        if fold.threshold is None or fold.held_out is None or fold.at_fixed is None:
+            table.add_row(*counts, "not evaluated", "-", "-", "-", "-")
+            continue
+        table.add_row(*counts, f"{fold.threshold:.4f}", *_held_out_cells(fold.held_out), _accuracy_cell(fold.at_fixed))
+    held_out, at_fixed = cv.held_out, cv.at_fixed
+    tested = [f for f in cv.folds if f.held_out is not None]
+    table.add_row(
+        "pooled",
+        f"{cv.groups:,} ({sum(f.images for f in cv.folds):,})",
+        "",
+        f"{sum(f.test_same for f in tested):,} / {sum(f.test_different for f in tested):,}",
+        "one per fold",
+        *_held_out_cells(held_out),
+        _accuracy_cell(at_fixed),
+        end_section=True,
+    )
+
+    parts: list[Table | str] = [table]
+    if held_out.pairs:
+        parts.append(
+            f"Pooled held-out accuracy {_accuracy_cell(held_out)} over the test pairs of {cv.evaluated} of "
+            f"{len(cv.folds)} folds, each fold at the EER threshold fitted on the other folds' people; "
+            f"the fixed threshold in use ({in_use.source}) {cv.fixed_threshold:.4f} gets {_accuracy_cell(at_fixed)} "
+            "of the same pairs."
+        )
+    else:
+        parts.append("No fold could be evaluated, so there is no held-out accuracy.")
+    parts.extend(f"Fold {f.fold} not evaluated: {f.not_evaluated}." for f in cv.folds if f.not_evaluated)
+    parts.append(
+        f"{cv.across_folds:,} scored pair(s) join people in two different folds: no fold tests them, and a fold "
+        "trains on one only when neither of its images is in that fold."
+    )
+    if cv.not_scored:
+        parts.append(f"{cv.not_scored:,} pair(s) with no face are not used.")
+    return Group(*parts)
+
+
+def _held_out_cells(counts: HeldOutCounts) -> list[str]:
+    return [_accuracy_cell(counts), _rate_cell(counts.true_positive_rate), _rate_cell(counts.false_positive_rate)]
+
+
+def _accuracy_cell(counts: HeldOutCounts) -> str:
+    return f"{_rate_cell(counts.accuracy)} ({counts.right:,}/{counts.pairs:,})"
+
+
+def _rate_cell(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.4f}"
+
+
 def _confusion_rows(confusions: Sequence[Confusion]) -> list[tuple[str, list[str]]]:
     return [
         ("same called same (TP)", [f"{c.true_positives:,}" for c in confusions]),
@@ -262,8 +382,9 @@ def calibrate(
     save: str | None = None,
     threshold: float | None = None,
     uncertain_band: float | None = None,
+    folds: int | None = None,
     embedder: FaceEmbedder | None = None,
-) -> CalibrationReport:
+) -> CalibrationRun:
     """The whole command: check the arguments, compute and print the figures, save a profile if asked."""
     if save is not None:
         try:
@@ -274,16 +395,27 @@ def calibrate(
         raise CalibrationInputError("--uncertain-band only shapes a saved profile: add --save NAME")
     if uncertain_band is not None and not uncertain_band > 0.0:
         raise CalibrationInputError(f"--uncertain-band must be above 0, got {uncertain_band}")
+    if folds is not None and folds < 2:
+        raise CalibrationInputError(f"--folds must be at least 2, got {folds}; leave it out for no cross-validation")
     settings = scoring_settings()
-    if embedder is None:
-        from services.scoring.adapters.face import DlibFaceEmbedder
+    if embedder is None:  # the face model the scoring service would run (LIKENESS_SCORING_FACE_BACKEND, ...)
+        from services.scoring.adapters.models import build_face_embedder
 
-        embedder = DlibFaceEmbedder(jitters=settings.face_jitters)
+        embedder = build_face_embedder(settings.model_copy(update={"face_process": False}))
     in_use = threshold_in_use(settings, embedder.model_name, threshold)
-    report = run_calibration(pairs_csv, images_dir, embedder=embedder, threshold=in_use.value, console=console)
+    pairs = read_pairs(pairs_csv, images_dir)
+    if folds is not None:
+        check_folds(pairs, folds, pairs_csv)
+    scored = score_pairs(pairs, images_dir, embedder=embedder, console=console)
+    report = report_from(scored, pairs_csv, threshold=in_use.value, face_model=embedder.model_name)
     console.print(report_renderable(report, in_use))
+    cross_validation = None
+    if folds is not None:
+        cross_validation = cross_validate(scored.pairs, folds, fixed_threshold=in_use.value)
+        console.print(cross_validation_renderable(cross_validation, in_use, report.source))
+    run = CalibrationRun(report, cross_validation)
     if save is None:
-        return report
+        return run
     try:
         profile = profile_from_report(report, name=save, created_at=datetime.now(UTC), uncertain_band=uncertain_band)
     except ValueError as error:
@@ -296,4 +428,4 @@ def calibrate(
         "and overfits a small set. "
         f"The scoring service uses it with LIKENESS_SCORING_CALIBRATION_PROFILE={path}"
     )
-    return report
+    return run

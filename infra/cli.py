@@ -144,6 +144,14 @@ def calibrate(
             help="With --save: an 'uncertain' band W wide centred on the saved threshold (default: no band).",
         ),
     ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            help="Also cross-validate across people: split the identities (images joined by 'same' pairs) into "
+            "K folds; fit the EER threshold on K-1 folds and test it on the held-out one (K >= 2; default: off).",
+        ),
+    ] = None,
 ) -> None:
     """How well face distance separates labelled pairs: ROC AUC, the equal-error-rate threshold, accuracy."""
     from infra.calibrate import CalibrationInputError
@@ -158,6 +166,7 @@ def calibrate(
             save=save,
             threshold=threshold,
             uncertain_band=uncertain_band,
+            folds=folds,
         )
     except CalibrationInputError as error:
         Console(stderr=True).print(f"[red]calibrate:[/red] {error}", highlight=False, soft_wrap=True)

@@ -126,12 +126,15 @@ def follow_progress(client: GatewayClient, character_id: str, shots: int, consol
 
 
 def service_memory_mb(pids: dict[str, int]) -> dict[str, float]:
+    """Resident memory of each service with its child processes (scoring's face process)."""
     import psutil
 
     sizes = {}
     for name, pid in pids.items():
         try:
-            sizes[name] = psutil.Process(pid).memory_info().rss / 1e6
+            process = psutil.Process(pid)
+            family = [process, *process.children(recursive=True)]
+            sizes[name] = sum(member.memory_info().rss for member in family) / 1e6
         except psutil.Error:
             continue
     return sizes

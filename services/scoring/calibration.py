@@ -16,6 +16,25 @@ distance is stronger evidence for it.
   whichever label has more pairs and moves with a handful of borderline pairs on a small set.
 - `best_accuracy`: the candidate with the most pairs right; ties go to the lowest threshold, the
   one that calls fewest pairs "same".
+
+Identity-disjoint cross-validation (`cross_validate`) asks whether a threshold fitted on some people
+holds for people it has never seen:
+
+- `identity_groups`: the images fall into identities without a label file: the connected components
+  of the graph whose edges are the "same" pairs (one per person; an image only ever in "different"
+  pairs is a group of its own).
+- `assign_folds`: deterministic, no randomness. Groups are taken largest first (most images, then
+  most pairs with both images inside the group, then smallest path) and each goes to the fold with
+  the fewest images so far (then fewest such pairs, then the lowest number). Balancing images rather
+  than "same" pairs spreads the people, so most folds hold several and are tested on "different"
+  pairs too. K must be 2 to the number of groups, so that no fold is empty.
+- `split_fold`: for fold k, the training pairs have both images in other folds, the test pairs have
+  both images in fold k, and a pair with one image in fold k and one outside is used for neither. A
+  person's images are therefore never on both sides.
+- Each fold's threshold is the EER threshold of its training pairs, and is judged on its test pairs;
+  the pooled held-out accuracy is all folds' right calls over all their test pairs. The same test pairs
+  are also judged at one fixed threshold, for comparison. A fold whose training pairs lack a label, or
+  that has no test pairs, is not evaluated and says why.
 """
 
 from __future__ import annotations
@@ -24,10 +43,10 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -287,6 +306,267 @@ def profile_from_report(
             accuracy=report.at_eer.accuracy,
         ),
     )
+
+
+# Identity-disjoint cross-validation.
+
+
+class ImagePair(Protocol):
+    """Two images (paths) and whether they show the same person: what grouping and folds need."""
+
+    @property
+    def image_a(self) -> str: ...
+
+    @property
+    def image_b(self) -> str: ...
+
+    @property
+    def same(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ScoredPair:
+    """One labelled pair and its face distance; None when an image has no face (the pair is not scored)."""
+
+    image_a: str
+    image_b: str
+    same: bool
+    distance: float | None
+
+
+def identity_groups(pairs: Iterable[ImagePair]) -> tuple[tuple[str, ...], ...]:
+    """The connected components of the "same" pairs' graph over every image in `pairs`.
+
+    Each group is sorted, and the groups are ordered by their smallest path. An image that appears
+    only in "different" pairs is a group of its own.
+    """
+    parent: dict[str, str] = {}
+
+    def root(image: str) -> str:
+        parent.setdefault(image, image)
+        while parent[image] != image:
+            parent[image] = parent[parent[image]]
+            image = parent[image]
+        return image
+
+    for pair in pairs:
+        a, b = root(pair.image_a), root(pair.image_b)
+        if pair.same and a != b:
+            parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for image in parent:
+        members.setdefault(root(image), []).append(image)
+    return tuple(sorted(tuple(sorted(group)) for group in members.values()))
+
+
+def assign_folds(pairs: Sequence[ImagePair], folds: int) -> dict[str, int]:
+    """Each image's fold, 0 to `folds` - 1, keeping every identity group whole (see the module docstring).
+
+    Raises ValueError unless 2 <= `folds` <= the number of identity groups.
+    """
+    groups = identity_groups(pairs)
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    if folds > len(groups):
+        raise ValueError(
+            f"the pairs join their images into {len(groups)} identity group(s) (people, found through the 'same' "
+            f"pairs), fewer than the {folds} folds asked for; every fold needs a group of its own"
+        )
+    group_of = {image: index for index, group in enumerate(groups) for image in group}
+    inner_pairs = [0] * len(groups)
+    for pair in pairs:
+        if group_of[pair.image_a] == group_of[pair.image_b]:
+            inner_pairs[group_of[pair.image_a]] += 1
+    largest_first = sorted(range(len(groups)), key=lambda g: (-len(groups[g]), -inner_pairs[g], groups[g][0]))
+    load = [(0, 0)] * folds  # (images, pairs) in each fold so far
+    fold_of: dict[str, int] = {}
+    for g in largest_first:
+        fold = min(range(folds), key=lambda f: (*load[f], f))
+        load[fold] = (load[fold][0] + len(groups[g]), load[fold][1] + inner_pairs[g])
+        fold_of.update((image, fold) for image in groups[g])
+    return fold_of
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """Fold k's pairs: training (both images outside k), test (both inside), left out (one of each)."""
+
+    training: tuple[ScoredPair, ...]
+    test: tuple[ScoredPair, ...]
+    left_out: tuple[ScoredPair, ...]
+
+
+def split_fold(pairs: Iterable[ScoredPair], fold_of: Mapping[str, int], fold: int) -> FoldSplit:
+    """Split the scored pairs (distance not None) for `fold`; unscored pairs go nowhere."""
+    training: list[ScoredPair] = []
+    test: list[ScoredPair] = []
+    left_out: list[ScoredPair] = []
+    for pair in pairs:
+        if pair.distance is None:
+            continue
+        inside = (fold_of[pair.image_a] == fold) + (fold_of[pair.image_b] == fold)
+        (training, left_out, test)[inside].append(pair)
+    return FoldSplit(tuple(training), tuple(test), tuple(left_out))
+
+
+@dataclass(frozen=True)
+class HeldOutCounts:
+    """Right and wrong calls on test pairs ("same" is positive), summed over one or more folds."""
+
+    true_positives: int
+    false_negatives: int
+    false_positives: int
+    true_negatives: int
+
+    @classmethod
+    def of(cls, confusions: Iterable[Confusion | HeldOutCounts]) -> HeldOutCounts:
+        listed = list(confusions)
+        return cls(
+            true_positives=sum(c.true_positives for c in listed),
+            false_negatives=sum(c.false_negatives for c in listed),
+            false_positives=sum(c.false_positives for c in listed),
+            true_negatives=sum(c.true_negatives for c in listed),
+        )
+
+    @property
+    def pairs(self) -> int:
+        return self.true_positives + self.false_negatives + self.false_positives + self.true_negatives
+
+    @property
+    def right(self) -> int:
+        return self.true_positives + self.true_negatives
+
+    @property
+    def accuracy(self) -> float | None:
+        """None when there are no pairs; likewise each rate when its label has none."""
+        return _ratio(self.right, self.pairs)
+
+    @property
+    def true_positive_rate(self) -> float | None:
+        return _ratio(self.true_positives, self.true_positives + self.false_negatives)
+
+    @property
+    def false_positive_rate(self) -> float | None:
+        return _ratio(self.false_positives, self.false_positives + self.true_negatives)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold: what it trained and was tested on, the threshold it fitted, how that did on its test pairs.
+
+    `threshold`, `held_out` and `at_fixed` are None exactly when `not_evaluated` says why.
+    """
+
+    fold: int  # 1 to K
+    groups: int  # identity groups in this fold
+    images: int
+    training_same: int
+    training_different: int
+    test_same: int
+    test_different: int
+    left_out: int  # one image in this fold, one outside: neither trained nor tested on
+    threshold: float | None  # the training pairs' EER threshold
+    held_out: HeldOutCounts | None  # the test pairs at `threshold`
+    at_fixed: HeldOutCounts | None  # the test pairs at the fixed threshold
+    not_evaluated: str | None = None
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Identity-disjoint K-fold cross-validation of the EER threshold, with a fixed threshold beside it."""
+
+    folds: tuple[FoldResult, ...]
+    groups: int
+    fixed_threshold: float
+    across_folds: int  # scored pairs whose images lie in two different folds: never tested on
+    not_scored: int  # pairs with no face in an image
+
+    @property
+    def held_out(self) -> HeldOutCounts:
+        """Every evaluated fold's test pairs, each at its own fitted threshold."""
+        return HeldOutCounts.of(f.held_out for f in self.folds if f.held_out is not None)
+
+    @property
+    def at_fixed(self) -> HeldOutCounts:
+        """The same test pairs at the fixed threshold."""
+        return HeldOutCounts.of(f.at_fixed for f in self.folds if f.at_fixed is not None)
+
+    @property
+    def evaluated(self) -> int:
+        return sum(1 for f in self.folds if f.not_evaluated is None)
+
+
+def cross_validate(pairs: Sequence[ScoredPair], folds: int, *, fixed_threshold: float) -> CrossValidation:
+    """Fit the EER threshold on K-1 folds' pairs and judge it on the held-out fold's, for each fold.
+
+    Folds come from `assign_folds` over every pair (scored or not), so a person stays in one fold.
+    Raises ValueError unless 2 <= `folds` <= the number of identity groups.
+    """
+    fold_of = assign_folds(pairs, folds)
+    groups = identity_groups(pairs)
+    results = []
+    for fold in range(folds):
+        split = split_fold(pairs, fold_of, fold)
+        train_same, train_different = _distances(split.training)
+        test_same, test_different = _distances(split.test)
+        problem = _why_not_evaluated(train_same, train_different, split.test)
+        threshold: float | None = None
+        held_out: HeldOutCounts | None = None
+        at_fixed: HeldOutCounts | None = None
+        if problem is None:
+            threshold = equal_error_rate(train_same, train_different).threshold
+            fitted, fixed = _confusions(test_same, test_different, [threshold, fixed_threshold])
+            held_out, at_fixed = HeldOutCounts.of([fitted]), HeldOutCounts.of([fixed])
+        results.append(
+            FoldResult(
+                fold=fold + 1,
+                groups=sum(1 for group in groups if fold_of[group[0]] == fold),
+                images=sum(1 for f in fold_of.values() if f == fold),
+                training_same=len(train_same),
+                training_different=len(train_different),
+                test_same=len(test_same),
+                test_different=len(test_different),
+                left_out=len(split.left_out),
+                threshold=threshold,
+                held_out=held_out,
+                at_fixed=at_fixed,
+                not_evaluated=problem,
+            )
+        )
+    scored = [pair for pair in pairs if pair.distance is not None]
+    return CrossValidation(
+        folds=tuple(results),
+        groups=len(groups),
+        fixed_threshold=fixed_threshold,
+        across_folds=sum(1 for pair in scored if fold_of[pair.image_a] != fold_of[pair.image_b]),
+        not_scored=len(pairs) - len(scored),
+    )
+
+
+def _distances(pairs: Iterable[ScoredPair]) -> tuple[list[float], list[float]]:
+    same: list[float] = []
+    different: list[float] = []
+    for pair in pairs:
+        if pair.distance is not None:
+            (same if pair.same else different).append(pair.distance)
+    return same, different
+
+
+def _why_not_evaluated(
+    train_same: Sequence[float], train_different: Sequence[float], test: Sequence[object]
+) -> str | None:
+    if not train_same or not train_different:
+        return (
+            f"its training pairs (both images in other folds) have {len(train_same)} 'same' and "
+            f"{len(train_different)} 'different'; fitting a threshold needs at least one of each"
+        )
+    if not test:
+        return "no test pairs: no scored pair has both images in this fold"
+    return None
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
 
 
 def validate_profile_name(name: str) -> str:

@@ -8,8 +8,9 @@ service runs them in a worker thread, never on the event loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +82,15 @@ class FaceEmbedder(Protocol):
 
     def observe(self, image: Image.Image, *, max_candidates: int = 1) -> FaceObservation:
         """Detect faces in `image` (any PIL mode); describe up to `max_candidates`, the largest first."""
+        ...
+
+
+@runtime_checkable
+class BackgroundFaceEmbedder(FaceEmbedder, Protocol):
+    """A face embedder that works elsewhere (another process), so the caller can run CLIP meanwhile."""
+
+    def observe_all(self, images: Sequence[Image.Image], *, max_candidates: int = 1) -> Future[list[FaceObservation]]:
+        """Start observing `images`; the future holds one observation per image, in order."""
         ...
 
 

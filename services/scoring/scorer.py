@@ -27,7 +27,7 @@ import io
 import json
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,8 +37,10 @@ from PIL import Image
 from contracts import ClipScore, FaceScore, ShotScore, Verdict
 from contracts.values import FaceNote, ScoreBasis
 from services.scoring.ports import (
+    BackgroundFaceEmbedder,
     FaceDescriptor,
     FaceEmbedder,
+    FaceObservation,
     ImageEmbedder,
     ScoringModelError,
     TextEmbedder,
@@ -200,6 +202,14 @@ class Scorer:
         return self._thresholds
 
     @property
+    def face_embedder(self) -> FaceEmbedder:
+        return self._face
+
+    @property
+    def image_embedder(self) -> ImageEmbedder:
+        return self._images
+
+    @property
     def key(self) -> str:
         """Scorer version plus a digest of everything that changes a score: one score per shot per key."""
         return self._key
@@ -236,22 +246,26 @@ class Scorer:
     def score_batch(self, shots: Sequence[ShotToScore]) -> list[ShotScore]:
         """Score shots in order (of any characters), embedding images and prompts with CLIP in one batch each.
 
-        Each score's `scoring_ms` is its own face time plus an equal share of the batch's CLIP time.
+        A face embedder that works in the background (`ports.BackgroundFaceEmbedder`) finds the
+        shots' faces while CLIP runs. Each score's `scoring_ms` is an equal share of the batch's time.
         """
         for shot in shots:
             self._check_current(shot.references)
         if not shots:
             return []
         started = time.perf_counter()
+        with_faces = [index for index, shot in enumerate(shots) if shot.references.face_descriptors]
+        observations = self._observe([shots[index].image for index in with_faces])
         embeddings = self._images.embed([shot.image for shot in shots])
         text_similarities = self._text_similarities(shots, embeddings)
-        clip_share_ms = (time.perf_counter() - started) * 1000.0 / len(shots)
+        observed = dict(zip(with_faces, observations(), strict=True))
 
         scores = []
-        for shot, embedding, text_similarity in zip(shots, embeddings, text_similarities, strict=True):
-            started = time.perf_counter()
-            face = self._face_score(shot.image, shot.references)
-            face_ms = (time.perf_counter() - started) * 1000.0
+        for index, (shot, embedding, text_similarity) in enumerate(
+            zip(shots, embeddings, text_similarities, strict=True)
+        ):
+            observation = observed.get(index)
+            face = None if observation is None else self._face_score(observation, shot.references)
             clip = ClipScore(
                 image_similarity=cosine_similarity(embedding, shot.references.clip_mean),
                 text_similarity=text_similarity,
@@ -269,10 +283,17 @@ class Scorer:
                     scorer_version=SCORER_VERSION,
                     scorer_key=self._key,
                     calibration_profile=self._calibration_profile,
-                    scoring_ms=face_ms + clip_share_ms,
+                    scoring_ms=0.0,
                 )
             )
-        return scores
+        share_ms = (time.perf_counter() - started) * 1000.0 / len(shots)
+        return [score.model_copy(update={"scoring_ms": share_ms}) for score in scores]
+
+    def _observe(self, images: list[Image.Image]) -> Callable[[], list[FaceObservation]]:
+        """Start finding faces; the returned function waits for them (or finds them, one by one, now)."""
+        if isinstance(self._face, BackgroundFaceEmbedder):
+            return self._face.observe_all(images, max_candidates=self._max_face_candidates).result
+        return lambda: [self._face.observe(image, max_candidates=self._max_face_candidates) for image in images]
 
     def _check_current(self, references: ReferenceEmbeddings) -> None:
         if not self.is_current(references):
@@ -294,10 +315,7 @@ class Scorer:
             similarities[index] = cosine_similarity(embeddings[index], text)
         return similarities
 
-    def _face_score(self, shot: Image.Image, references: ReferenceEmbeddings) -> FaceScore | None:
-        if not references.face_descriptors:
-            return None
-        observation = self._face.observe(shot, max_candidates=self._max_face_candidates)
+    def _face_score(self, observation: FaceObservation, references: ReferenceEmbeddings) -> FaceScore:
         notes: list[FaceNote] = list(observation.notes)
         if len(observation.candidates) > 1 and "several_candidates" not in notes:
             notes.append("several_candidates")

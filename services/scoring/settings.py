@@ -24,6 +24,19 @@ class ScoringSettings(BaseSettings):
     face_same_below: float = Field(default=0.6, gt=0, description="dlib L2 distance under which faces match.")
     face_uncertain_below: float = Field(default=0.6, gt=0, description="Upper end of the 'uncertain' band.")
     face_jitters: int = Field(default=1, ge=1)
+    face_backend: Literal["dlib", "arcface"] = Field(
+        default="dlib",
+        description="dlib: its ResNet (128-d). arcface: an ONNX ArcFace model from arcface_weights (512-d), run "
+        "in-process (face_process applies to dlib only). Same HOG detector; thresholds from a calibration profile.",
+    )
+    arcface_weights: Path | None = Field(
+        default=None,
+        description="The ArcFace ONNX file (e.g. insightface buffalo_l's w600k_r50.onnx); never downloaded.",
+    )
+    face_process: bool = Field(
+        default=True,
+        description="Run dlib in a child process, so face work overlaps CLIP (dlib holds the GIL); ~110 MB more.",
+    )
     max_face_candidates: int = Field(
         default=5, ge=1, description="Faces in a shot compared with the references; the closest one counts."
     )

@@ -51,8 +51,8 @@ def build_router(
             if not work.already_done:
                 work.emit(scored)
 
-    # Up to batch_size messages are handled at once; their shots meet in the batcher, which
-    # scores them in one CLIP batch on the model thread.
+    # Up to 2 x batch_size messages are handled at once: the shots of one batch meet in the batcher,
+    # which scores them together on the model thread, while the next batch's images are fetched.
     @subscribe(
         router,
         ShotStored,
@@ -60,7 +60,7 @@ def build_router(
         title=f"{DURABLE_PREFIX}:{ShotStored.event_type()}",
         ack_wait_s=120.0,
         batch_size=batch_size,
-        max_workers=batch_size,
+        max_workers=2 * batch_size,  # the next batch is fetched and prepared while one is scored
         deliver_policy=DeliverPolicy.ALL if rescore == "all" else DeliverPolicy.NEW,
     )
     async def on_shot_stored(event: ShotStored, msg: NatsMessage) -> None:

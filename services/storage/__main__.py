@@ -1,4 +1,5 @@
 from infra.service_main import run_worker
 from services.storage.app import create_app
 
-run_worker("storage", create_app)
+if __name__ == "__main__":  # not when a spawned child process imports this module
+    run_worker("storage", create_app)

@@ -121,12 +121,56 @@ def test_a_threshold_and_a_band(images: Path, tmp_path: Path) -> None:
     assert profile.face_uncertain_below == pytest.approx(profile.figures.threshold + 0.05)
 
 
+# Three identity groups by the pairs: the astronaut (gray.png joins through its "same" pair), Grace
+# Hopper, and the darkened astronaut, which is only ever compared with Grace Hopper.
+FOLD_PAIRS = [
+    ("astronaut.png", "astronaut-mirrored.png", "same"),
+    ("astronaut.png", "people/astronaut-head.png", "same"),
+    ("astronaut-mirrored.png", "people/astronaut-head.png", "same"),
+    ("astronaut.png", "gray.png", "same"),  # not scored
+    ("hopper.jpg", "hopper-mirrored.png", "same"),
+    ("people/astronaut-dark.jpg", "hopper.jpg", "different"),
+    ("people/astronaut-dark.jpg", "hopper-mirrored.png", "different"),
+    ("astronaut.png", "hopper.jpg", "different"),
+    ("astronaut-mirrored.png", "hopper-mirrored.png", "different"),
+]
+
+
+def test_folds_cross_validate_across_people(images: Path, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "people.csv", FOLD_PAIRS)
+
+    result = cli("--pairs", str(pairs), "--images", str(images), "--folds", "3", data_dir=tmp_path / "data")
+
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert "Face calibration on people.csv" in out  # the usual figures come first
+    assert "Identity-disjoint cross-validation on people.csv: 3 folds of whole people (3 identity groups" in out
+    # Fold 1 is the astronaut: trained on Hopper's same pair and the dark astronaut against Hopper.
+    assert re.search(
+        r"│ 1 │ 1 \(4\) │ 1 / 2 │ 3 / 0 │ 0\.\d{4} │ 1\.0000 \(3/3\) │ 1\.0000 │ n/a │ 1\.0000 \(3/3\) │", out
+    )
+    # Fold 2 (Hopper) would train on the astronaut's same pairs alone; fold 3 has nothing to test.
+    assert re.search(r"│ 2 │ 1 \(2\) │ 3 / 0 │ 1 / 0 │ not evaluated │", out)
+    assert (
+        "Fold 2 not evaluated: its training pairs (both images in other folds) have 3 'same' and 0 'different'" in out
+    )
+    assert "Fold 3 not evaluated: no test pairs: no scored pair has both images in this fold" in out
+    assert "Pooled held-out accuracy 1.0000 (3/3) over the test pairs of 1 of 3 folds" in out
+    assert "the fixed threshold in use (setting face_same_below) 0.6000 gets 1.0000 (3/3)" in out
+    assert "4 scored pair(s) join people in two different folds" in out
+    assert "1 pair(s) with no face are not used." in out
+
+
 @pytest.mark.parametrize(
     ("rows", "args", "message"),
     [
         ([("astronaut.png", "hopper.jpg", "maybe")], (), "unknown label 'maybe'; use `same` or `different`"),
         ([("astronaut.png", "nobody.png", "same")], (), "nobody.png"),
         ([("astronaut.png", "hopper.jpg", "different")], ("--save", "Bad Name"), "a-z, 0-9"),
+        ([("astronaut.png", "hopper.jpg", "different")], ("--folds", "1"), "--folds must be at least 2, got 1"),
+        (FOLD_PAIRS, ("--folds", "4"), "into 3 identity group(s)"),
+        (FOLD_PAIRS, ("--folds", "4"), "To fix: choose --folds from 2 to 3"),
     ],
 )
 def test_mistakes_exit_2_and_say_what_to_fix(

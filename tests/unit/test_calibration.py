@@ -12,20 +12,35 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from infra.calibrate import CalibrationInputError, describe_images, read_pairs, save_profile, threshold_in_use
+from infra.calibrate import (
+    CalibrationInputError,
+    LabelledPair,
+    ThresholdInUse,
+    check_folds,
+    cross_validation_renderable,
+    describe_images,
+    read_pairs,
+    save_profile,
+    threshold_in_use,
+)
 from infra.cli import _calibration_dir
 from services.scoring.adapters.models import thresholds_from
 from services.scoring.calibration import (
     CalibrationProfile,
     CalibrationProfileError,
     ProfileFigures,
+    ScoredPair,
+    assign_folds,
     best_accuracy,
     calibration_report,
     candidate_thresholds,
     confusion_at,
+    cross_validate,
     equal_error_rate,
+    identity_groups,
     profile_from_report,
     roc_auc,
+    split_fold,
     validate_profile_name,
 )
 from services.scoring.ports import FaceCandidate, FaceObservation
@@ -348,3 +363,172 @@ def test_an_image_that_cannot_be_read_is_named(images_dir: Path) -> None:
     assert describe_images(["a.png"], images_dir, OneFaceEverywhere(), quiet)["a.png"] is not None
     with pytest.raises(CalibrationInputError, match=r"cannot read image .*broken\.jpg.*remove its pairs"):
         describe_images(["a.png", "broken.jpg"], images_dir, OneFaceEverywhere(), quiet)
+
+
+# Identity-disjoint cross-validation on hand-made people and distances.
+
+
+def people_pairs(distance: dict[str, float], across: float) -> list[ScoredPair]:
+    """Every pair among people p1..p4 with three photos each: "same" at distance[person], else `across`.
+
+    `distance` may also give a distance for "different" pairs between two people, keyed "p1-p3".
+    """
+    images = [f"{person}/{n}.jpg" for person in ("p1", "p2", "p3", "p4") for n in (1, 2, 3)]
+    pairs = []
+    for i, a in enumerate(images):
+        for b in images[i + 1 :]:
+            pa, pb = a.split("/")[0], b.split("/")[0]
+            if pa == pb:
+                pairs.append(ScoredPair(a, b, True, distance[pa]))
+            else:
+                pairs.append(ScoredPair(a, b, False, distance.get(f"{pa}-{pb}", across)))
+    return pairs
+
+
+# p4's own photos are far apart (0.7); p1 and p3 look alike (0.75 between them).
+HARD = people_pairs({"p1": 0.3, "p2": 0.35, "p3": 0.4, "p4": 0.7, "p1-p3": 0.75}, across=0.9)
+
+
+def test_identity_groups_are_the_connected_components_of_the_same_pairs() -> None:
+    pairs = [
+        LabelledPair("b/2.jpg", "b/1.jpg", True),
+        LabelledPair("a/3.jpg", "a/2.jpg", True),
+        LabelledPair("a/1.jpg", "a/2.jpg", True),  # a/1 joins a/3 through a/2
+        LabelledPair("a/1.jpg", "b/1.jpg", False),
+        LabelledPair("z.jpg", "a/1.jpg", False),  # only ever "different": a group of its own
+        LabelledPair("c.jpg", "z.jpg", False),
+    ]
+    assert identity_groups(pairs) == (
+        ("a/1.jpg", "a/2.jpg", "a/3.jpg"),
+        ("b/1.jpg", "b/2.jpg"),
+        ("c.jpg",),
+        ("z.jpg",),
+    )
+
+
+def test_a_same_pair_with_no_face_still_joins_its_images() -> None:
+    pairs = [ScoredPair("a.jpg", "gray.png", True, None), ScoredPair("gray.png", "b.jpg", True, 0.2)]
+    assert identity_groups(pairs) == (("a.jpg", "b.jpg", "gray.png"),)
+
+
+def test_folds_keep_each_person_whole_and_balance_images() -> None:
+    pairs = [
+        *people_pairs({"p1": 0.3, "p2": 0.3, "p3": 0.3, "p4": 0.3}, across=0.9),
+        ScoredPair("solo.jpg", "p1/1.jpg", False, 0.9),
+    ]
+    fold_of = assign_folds(pairs, 2)
+    for group in identity_groups(pairs):
+        assert len({fold_of[image] for image in group}) == 1
+    # Largest first, ties by smallest path, each to the fold with fewest images: p1, p2, p3, p4, solo.
+    by_fold = {fold: sorted({image.split("/")[0] for image, f in fold_of.items() if f == fold}) for fold in (0, 1)}
+    assert by_fold == {0: ["p1", "p3", "solo.jpg"], 1: ["p2", "p4"]}
+
+
+def test_folds_do_not_depend_on_the_order_of_the_pairs() -> None:
+    shuffled = list(HARD)
+    random.Random(3).shuffle(shuffled)
+    assert assign_folds(shuffled, 3) == assign_folds(HARD, 3)
+    assert sorted(set(assign_folds(HARD, 4).values())) == [0, 1, 2, 3]  # no empty fold
+
+
+@pytest.mark.parametrize(("folds", "message"), [(1, "at least 2 folds"), (5, r"4 identity group\(s\).*5 folds")])
+def test_folds_must_be_2_to_the_number_of_groups(folds: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        assign_folds(HARD, folds)
+    with pytest.raises(ValueError, match=message):
+        cross_validate(HARD, folds, fixed_threshold=0.6)
+
+
+def test_too_many_folds_is_an_input_error_that_says_what_to_fix() -> None:
+    with pytest.raises(CalibrationInputError, match=r"--folds 5: in pairs.csv, .*To fix: choose --folds from 2 to 4"):
+        check_folds(HARD, 5, Path("pairs.csv"))
+    one_person = [LabelledPair("a.jpg", "b.jpg", True)]
+    with pytest.raises(CalibrationInputError, match="add pairs with other people"):
+        check_folds(one_person, 2, Path("pairs.csv"))
+    check_folds(HARD, 4, Path("pairs.csv"))  # one person per fold is allowed
+
+
+def test_no_test_image_is_ever_in_its_folds_training_pairs() -> None:
+    pairs = [*HARD, ScoredPair("p1/1.jpg", "p2/1.jpg", False, None)]  # not scored: goes nowhere
+    for folds in (2, 3, 4):
+        fold_of = assign_folds(pairs, folds)
+        for fold in range(folds):
+            split = split_fold(pairs, fold_of, fold)
+            tested = {image for pair in split.test for image in (pair.image_a, pair.image_b)}
+            trained = {image for pair in split.training for image in (pair.image_a, pair.image_b)}
+            assert tested
+            assert not tested & trained
+            assert {fold_of[image] for image in tested} == {fold}
+            for pair in split.left_out:  # straddles: one image in the fold, one outside
+                assert sorted([fold_of[pair.image_a] == fold, fold_of[pair.image_b] == fold]) == [False, True]
+            assert len(split.training) + len(split.test) + len(split.left_out) == len(HARD)
+
+
+def test_a_pair_straddling_two_folds_is_neither_trained_nor_tested_on() -> None:
+    straddling = ScoredPair("p1/1.jpg", "p2/1.jpg", False, 0.9)
+    fold_of = assign_folds(HARD, 2)
+    assert fold_of["p1/1.jpg"] != fold_of["p2/1.jpg"]
+    for fold in (0, 1):
+        split = split_fold(HARD, fold_of, fold)
+        assert straddling in split.left_out
+        assert straddling not in split.training
+        assert straddling not in split.test
+    assert cross_validate(HARD, 2, fixed_threshold=0.6).across_folds == 4 * 9  # p1 or p3 with p2 or p4
+
+
+def test_each_fold_fits_on_the_other_people_and_is_judged_on_its_own() -> None:
+    cv = cross_validate(HARD, 2, fixed_threshold=0.6)
+    first, second = cv.folds
+    # Fold 1 holds p1 and p3; it trains on p2 (same 0.35) and p4 (same 0.7) against 0.9 between them.
+    assert (first.groups, first.images) == (2, 6)
+    assert (first.training_same, first.training_different, first.test_same, first.test_different) == (6, 9, 6, 9)
+    assert first.threshold == pytest.approx(0.8)
+    assert first.held_out is not None
+    # ... so it calls p1 and p3 (0.75 apart) the same person: 9 false matches among 15 pairs.
+    assert (first.held_out.true_positives, first.held_out.false_positives, first.held_out.right) == (6, 9, 6)
+    assert first.held_out.false_positive_rate == 1.0
+    # Fold 2 trains on p1 and p3 (same below 0.4, different at 0.75) and misses p4's far photos.
+    assert second.threshold == pytest.approx(0.575)
+    assert second.held_out is not None
+    assert (second.held_out.true_positives, second.held_out.false_negatives, second.held_out.right) == (3, 3, 12)
+    assert second.held_out.true_positive_rate == 0.5
+    # Pooled: right calls over all test pairs; the fixed 0.6 judged on the very same pairs.
+    assert (cv.held_out.right, cv.held_out.pairs, cv.held_out.accuracy) == (18, 30, 0.6)
+    assert (cv.at_fixed.right, cv.at_fixed.pairs, cv.at_fixed.accuracy) == (27, 30, 0.9)
+    assert (cv.groups, cv.evaluated, cv.not_scored) == (4, 2, 0)
+
+
+def test_folds_that_cannot_be_evaluated_are_reported_not_raised() -> None:
+    pairs = [
+        ScoredPair("p/1.jpg", "p/2.jpg", True, 0.3),
+        ScoredPair("p/1.jpg", "s.jpg", False, 0.9),
+        ScoredPair("p/2.jpg", "t.jpg", False, 0.8),
+        ScoredPair("s.jpg", "t.jpg", False, 0.85),
+    ]
+    cv = cross_validate(pairs, 3, fixed_threshold=0.6)
+    # p is fold 1 (2 images); s and t, alone, are folds 2 and 3.
+    assert [f.not_evaluated is None for f in cv.folds] == [False, False, False]
+    assert cv.folds[0].not_evaluated is not None
+    assert "have 0 'same' and 1 'different'" in cv.folds[0].not_evaluated
+    assert cv.folds[1].not_evaluated == "no test pairs: no scored pair has both images in this fold"
+    assert all(f.threshold is None and f.held_out is None and f.at_fixed is None for f in cv.folds)
+    assert (cv.held_out.pairs, cv.held_out.accuracy, cv.evaluated) == (0, None, 0)
+    console = Console(record=True, width=200)
+    console.print(cross_validation_renderable(cv, ThresholdInUse(0.6, "setting face_same_below"), "pairs.csv"))
+    text = " ".join(console.export_text().split())
+    assert "No fold could be evaluated, so there is no held-out accuracy." in text
+    assert "Fold 2 not evaluated: no test pairs" in text
+    assert text.count("not evaluated") == 6  # three table rows and three explanations
+
+
+def test_a_test_set_with_one_label_has_no_rate_for_the_other() -> None:
+    cv = cross_validate(HARD, 4, fixed_threshold=0.6)  # one person per fold: only "same" test pairs
+    assert all(f.test_different == 0 and f.held_out is not None for f in cv.folds)
+    assert all(f.held_out.false_positive_rate is None for f in cv.folds if f.held_out is not None)
+    assert (cv.held_out.pairs, cv.held_out.right) == (12, 9)  # p4's 3 far pairs are missed
+    console = Console(record=True, width=200)
+    console.print(cross_validation_renderable(cv, ThresholdInUse(0.6, "setting face_same_below"), "pairs.csv"))
+    text = " ".join(console.export_text().split())
+    assert "n/a" in text
+    assert "Pooled held-out accuracy 0.7500 (9/12) over the test pairs of 4 of 4 folds" in text
+    assert "the fixed threshold in use (setting face_same_below) 0.6000 gets 0.7500 (9/12)" in text

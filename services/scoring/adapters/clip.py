@@ -14,6 +14,7 @@ import gc
 import hashlib
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from PIL import Image
 from services.scoring.adapters.rgb import to_rgb
 from services.scoring.ports import ModelWeightsUnavailable
 
+_TEXT_CACHE_SIZE = 4096  # prompt embeddings kept: 2 KB each for ViT-B-32
 _WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 
 
@@ -92,6 +94,7 @@ class OpenClipImageEmbedder:
             self._calibrated = True
         model.eval()
         self._tokenizer: Any = open_clip.get_tokenizer(model_name) if prompt_adherence else None
+        self._texts: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         if not prompt_adherence:
             _drop_text_tower(model)
         if self._dtype != torch.float32:
@@ -133,16 +136,29 @@ class OpenClipImageEmbedder:
         return self._tokenizer is not None
 
     def embed_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """L2-normalised text embeddings in the image embeddings' space (prompts longer than 77 tokens are cut)."""
+        """L2-normalised text embeddings in the image embeddings' space (prompts longer than 77 tokens are cut).
+
+        A character's shots often share prompts: each distinct text is embedded once and kept (LRU).
+        """
         if self._tokenizer is None:
             raise RuntimeError("this embedder was made with prompt_adherence=False: its text tower is gone")
-        rows: list[npt.NDArray[np.float32]] = []
+        missing = list(dict.fromkeys(text for text in texts if text not in self._texts))
         with torch.inference_mode():
-            for start in range(0, len(texts), self._batch_size):
-                tokens = self._tokenizer(list(texts[start : start + self._batch_size])).to(self._device)
+            for start in range(0, len(missing), self._batch_size):
+                chunk = missing[start : start + self._batch_size]
+                tokens = self._tokenizer(chunk).to(self._device)
                 features = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
-                rows.append(features.cpu().numpy())
-        return self._stacked(rows)
+                for text, row in zip(chunk, features.cpu().numpy(), strict=True):
+                    self._texts[text] = row
+        rows = []
+        for text in texts:
+            self._texts.move_to_end(text)
+            rows.append(self._texts[text])
+        while len(self._texts) > _TEXT_CACHE_SIZE:
+            self._texts.popitem(last=False)
+        if not rows:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
     def _stacked(self, rows: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
         if not rows:
