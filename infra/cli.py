@@ -42,18 +42,29 @@ def _api_key(data_dir: Path) -> str:
 @app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="Give up if the shots are not all scored by then (seconds).")] = 300.0,
+    provider: Annotated[
+        str,
+        typer.Option(
+            help="sim (the offline simulator), or fal-instant-character: the fal adapter against a fake fal server "
+            "on loopback (simulated; nothing is sent to fal.ai).",
+        ),
+    ] = "sim",
 ) -> None:
     """Run the sample character through every service on the embedded stack, then print the results."""
     from infra import report
-    from infra.demo import run_demo
+    from infra.demo import DEMO_PROVIDERS, run_demo
 
-    result = run_demo(_project_dir(), console, timeout_s=timeout)
+    if provider not in DEMO_PROVIDERS:
+        raise typer.BadParameter(f"choose one of {', '.join(DEMO_PROVIDERS)}", param_hint="--provider")
+    result = run_demo(_project_dir(), console, timeout_s=timeout, provider=provider)
     console.print(report.results_table(result.character))
     console.print(report.stats_table(result.character))
     console.print(f"CSV:  {result.csv_path}")
     console.print(f"HTML: {result.html_path}")
     memory = ", ".join(f"{name} {mb:.0f} MB" for name, mb in result.service_rss_mb.items())
     console.print(f"demo wall time {result.wall_s:.1f} s; resident memory: {memory}")
+    if result.notice:
+        console.print(f"[bold yellow]{result.notice}[/bold yellow]")
     unclean = {name: code for name, code in result.exit_codes.items() if code != 0}
     if unclean:
         console.print(f"[red]services did not stop cleanly[/red]: exit codes {unclean}; see .likeness/demo/logs")

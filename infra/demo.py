@@ -7,6 +7,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,24 @@ DEMO_SIM_ENV = {
 }
 
 
+DEMO_PROVIDERS = ("sim", "fal-instant-character")
+FAKE_FAL_NOTICE = (
+    "fal-instant-character uses a FAKE fal server on loopback (simulated): it speaks fal's queue API, "
+    "but its images are the reference transformed, not fal.ai output, and no request left this machine"
+)
+
+
+def fake_fal_env(queue_url: str, key: str) -> dict[str, str]:
+    """Settings that point the services at a fake fal server and offer `fal-instant-character` beside `sim`."""
+    return {
+        "LIKENESS_PROVIDER_ADAPTER_FAL_KEY": key,
+        "LIKENESS_PROVIDER_ADAPTER_FAL_QUEUE_URL": queue_url,
+        "LIKENESS_PROVIDER_ADAPTER_FAL_POLL_S": "0.1",
+        "LIKENESS_PROVIDER_ADAPTER_FAL_POLL_MAX_S": "0.5",
+        "LIKENESS_GATEWAY_PROVIDERS": ",".join(DEMO_PROVIDERS),
+    }
+
+
 @dataclass(frozen=True)
 class DemoResult:
     character: dict[str, Any]
@@ -40,6 +59,7 @@ class DemoResult:
     wall_s: float
     service_rss_mb: dict[str, float]
     exit_codes: dict[str, int | None]
+    notice: str | None = None  # what was not real about the provider, when it was a fake
 
 
 class GatewayClient:
@@ -103,10 +123,17 @@ class GatewayClient:
                     event_type, data = "", ""
 
 
-def follow_progress(client: GatewayClient, character_id: str, shots: int, console: Console, timeout_s: float) -> None:
+def follow_progress(
+    client: GatewayClient,
+    character_id: str,
+    shots: int,
+    console: Console,
+    timeout_s: float,
+    identity_label: str = "identity (simulated)",
+) -> None:
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        identity = progress.add_task("identity (simulated)", total=100)
+        identity = progress.add_task(identity_label, total=100)
         generated = progress.add_task("shots generated", total=shots)
         scored = progress.add_task("shots scored", total=shots)
         for event_type, payload in client.events(character_id, timeout_s):
@@ -140,7 +167,10 @@ def service_memory_mb(pids: dict[str, int]) -> dict[str, float]:
     return sizes
 
 
-def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0) -> DemoResult:
+def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0, provider: str = "sim") -> DemoResult:
+    """The sample character on `provider`: `sim`, or `fal-instant-character` against a fake fal server on loopback."""
+    if provider not in DEMO_PROVIDERS:
+        raise ValueError(f"the demo runs on one of {', '.join(DEMO_PROVIDERS)}, not {provider!r}")
     started = time.monotonic()
     data_dir = project_dir / ".likeness" / "demo"
     if data_dir.exists():
@@ -148,7 +178,7 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0) -
     api_key = secrets.token_urlsafe(24)
     port = free_port()
     console.print(f"[bold]Likeness demo[/bold]: embedded stack and four services in {data_dir}")
-    with EmbeddedStack(data_dir) as stack:
+    with ExitStack() as fakes, EmbeddedStack(data_dir) as stack:
         endpoints = stack.endpoints
         env = {
             **endpoints.env(),
@@ -156,6 +186,16 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0) -
             "LIKENESS_GATEWAY_PORT": str(port),
             "LIKENESS_GATEWAY_API_KEYS": f"demo-studio:{api_key}",
         }
+        source, notice = "the offline simulator", None
+        if provider != "sim":
+            from infra.fakes.fal import FalFake  # numpy, matplotlib, uvicorn: only when the fake is wanted
+            from infra.fakes.server import LoopbackServer
+
+            fake = FalFake(api_key=f"demo-{secrets.token_hex(4)}:{secrets.token_hex(16)}")
+            fal_url = fakes.enter_context(LoopbackServer(fake.app, name="fal"))
+            env.update(fake_fal_env(fal_url, fake.api_key))
+            source, notice = f"the FAKE fal server on {fal_url} (simulated, not fal.ai)", FAKE_FAL_NOTICE
+            console.print(f"[bold yellow]{notice}[/bold yellow]")
         services = ServiceSet(data_dir, env)
         exit_codes: dict[str, int | None] = {}
         try:
@@ -163,13 +203,14 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0) -
             console.print(f"services up: {', '.join(f'{n} (pid {p})' for n, p in services.pids().items())}")
             client = GatewayClient(f"http://127.0.0.1:{port}", api_key)
             reference = ("astronaut.png", sample_reference_png(), "image/png")
-            character_id = client.create_character(SAMPLE_NAME, [reference])
+            character_id = client.create_character(SAMPLE_NAME, [reference], provider=provider)
             client.wait_for_character(character_id)
             shots = demo_shots()
             for params in shots:
                 client.request_shot(character_id, params.model_dump(mode="json"))
-            console.print(f"character {character_id}: {len(shots)} shots requested from the offline simulator")
-            follow_progress(client, character_id, len(shots), console, timeout_s)
+            console.print(f"character {character_id}: {len(shots)} shots requested from {source}")
+            label = "identity (simulated)" if provider == "sim" else "identity (instant)"
+            follow_progress(client, character_id, len(shots), console, timeout_s, label)
             memory = service_memory_mb(services.pids())
             character = client.character(character_id)
             images = {ref["sha256"]: client.image(ref["sha256"]) for ref in character["references"]}
@@ -184,4 +225,4 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0) -
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = report.write_csv(character, out_dir / "shots.csv")
     html_path = report.write_html(character, images, out_dir)
-    return DemoResult(character, csv_path, html_path, time.monotonic() - started, memory, exit_codes)
+    return DemoResult(character, csv_path, html_path, time.monotonic() - started, memory, exit_codes, notice)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from contracts import (
     ShotScored,
 )
 from contracts.values import FaceNote
-from services.provider_adapter.ports import IdentityRecord
+from services.provider_adapter.ports import IdentityRecord, ReferenceImage
 from services.scoring.ports import FaceCandidate, FaceObservation
 from services.storage.ports import CharacterRecord, ShotCounts
 
@@ -33,6 +34,31 @@ def image_ref(tenant: str = "studio", seed: int = 0) -> ImageRef:
     return ImageRef(
         key=f"{tenant}/images/{sha}", sha256=sha, content_type="image/png", width=512, height=512, size_bytes=1000
     )
+
+
+def reference_image(data: bytes, *, key: str = "ref.png", width: int = 512, height: int = 512) -> ReferenceImage:
+    """A reference as the provider adapter loads it: claim check and bytes (which need not decode)."""
+    ref = ImageRef(
+        key=key,
+        sha256=hashlib.sha256(data).hexdigest(),
+        content_type="image/png",
+        width=width,
+        height=height,
+        size_bytes=max(1, len(data)),
+    )
+    return ReferenceImage(ref=ref, data=data)
+
+
+class RecordingSleep:
+    """An injected sleep: remembers every wait asked for, and really waits at most `pace_s` of it."""
+
+    def __init__(self, pace_s: float = 0.0) -> None:
+        self.pace_s = pace_s
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        await asyncio.sleep(min(seconds, self.pace_s))
 
 
 def character_requested(tenant: str = "studio") -> CharacterRequested:

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+import re
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")  # contracts.values.ProviderName
 
 
 class GatewaySettings(BaseSettings):
@@ -14,11 +20,28 @@ class GatewaySettings(BaseSettings):
     api_keys: SecretStr = Field(
         description="Comma-separated tenant:key pairs, e.g. 'studio-a:k1,studio-b:k2'. Every call needs a key."
     )
-    providers: list[str] = Field(default=["sim"], description="Providers this deployment offers.")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default=["sim"],
+        description="Providers this deployment offers: 'sim,fal-instant-character' or a JSON list. "
+        "Offer a real provider only where the provider adapter has its key.",
+    )
     max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_reference_pixels: int = Field(default=40_000_000, gt=0)
     max_references: int = Field(default=20, ge=1, le=20)
     events_poll_s: float = Field(default=0.25, gt=0, description="How often the SSE feed looks for new events.")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _provider_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            names = json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",")]
+            value = [name for name in names if name]
+        if isinstance(value, list):
+            bad = [name for name in value if not isinstance(name, str) or not _PROVIDER_NAME.match(name)]
+            if bad or not value:
+                raise ValueError(f"provider names are lowercase words such as 'sim' (got {value!r})")
+        return value
 
     def tenants_by_key(self) -> dict[str, str]:
         pairs: dict[str, str] = {}

@@ -24,6 +24,7 @@ from services.provider_adapter.ports import (
     IdentityRequest,
     IdentityStatus,
     PermanentProviderError,
+    ProgressCallback,
     Provider,
     ReferenceImage,
     ShotRequest,
@@ -123,6 +124,7 @@ async def generate(
     references: list[ReferenceImage],
     attempt: int,
     max_attempts: int,
+    on_progress: ProgressCallback | None = None,
 ) -> GeneratedImage | ShotFailed:
     """Call the provider once. Transient errors propagate for a later retry until attempts run out."""
     request = ShotRequest(
@@ -134,7 +136,7 @@ async def generate(
         attempt=attempt,
     )
     try:
-        return await provider.generate(request)
+        return await provider.generate(request, on_progress)
     except TransientProviderError as error:
         if attempt >= max_attempts:
             return shot_failed(command, command, "generation", f"gave up after {attempt} attempts: {error}")

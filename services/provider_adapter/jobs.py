@@ -8,6 +8,7 @@ announced through the outbox.
 from __future__ import annotations
 
 import io
+import logging
 
 from faststream.nats import NatsMessage
 from PIL import Image
@@ -34,6 +35,8 @@ from services.provider_adapter.ports import (
     TransientProviderError,
 )
 from services.provider_adapter.settings import ProviderAdapterSettings
+
+log = logging.getLogger(__name__)
 
 
 class ProviderWork:
@@ -131,6 +134,12 @@ class ProviderWork:
         if provider is None:
             outcome = handlers.shot_failed(command, command, "generation", f"unknown provider {command.provider!r}")
         else:
+
+            async def still_working(percent: float, message: str) -> None:
+                # A provider's queue can outlast the ack wait: each progress report extends it.
+                await msg.in_progress()
+                log.debug("shot %s: %.0f%% %s", command.shot_id, percent, message)
+
             try:
                 outcome = await handlers.generate(
                     command,
@@ -138,6 +147,7 @@ class ProviderWork:
                     references=await self.load_references(command.references),
                     attempt=attempt,
                     max_attempts=self.settings.max_attempts,
+                    on_progress=still_working,
                 )
             except TransientProviderError as error:
                 raise RetryLater(str(error), delay_s=error.retry_after_s or backoff_s(attempt)) from error

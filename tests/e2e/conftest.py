@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.demo import DEMO_SIM_ENV, GatewayClient
+from infra.demo import DEMO_SIM_ENV, GatewayClient, fake_fal_env
+from infra.fakes.fal import FalFake
+from infra.fakes.server import LoopbackServer
 from infra.processes import ServiceSet
 from infra.stack import StackEndpoints
 from infra.stack.ports import free_port
@@ -22,17 +24,29 @@ class RunningSystem:
     client: GatewayClient
     other_tenant: GatewayClient
     base_url: str
+    fal: FalFake  # the fake fal server behind provider "fal-instant-character"
 
 
 @pytest.fixture(scope="session")
-def system(tmp_path_factory: pytest.TempPathFactory, stack_endpoints: StackEndpoints) -> Iterator[RunningSystem]:
-    """The four services as processes on the session's stack, with two tenants' keys."""
+def fake_fal() -> Iterator[tuple[FalFake, str]]:
+    """The loopback fake of fal's queue API, and its URL, for the whole session."""
+    fake = FalFake(api_key=f"e2e-{secrets.token_hex(4)}:{secrets.token_hex(16)}")
+    with LoopbackServer(fake.app, name="fal") as url:
+        yield fake, url
+
+
+@pytest.fixture(scope="session")
+def system(
+    tmp_path_factory: pytest.TempPathFactory, stack_endpoints: StackEndpoints, fake_fal: tuple[FalFake, str]
+) -> Iterator[RunningSystem]:
+    """The four services as processes on the session's stack, with two tenants' keys; `sim` and fake fal."""
     data_dir: Path = tmp_path_factory.mktemp("e2e")
     key, other_key = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     port = free_port()
     env = {
         **stack_endpoints.env(),
         **DEMO_SIM_ENV,
+        **fake_fal_env(fake_fal[1], fake_fal[0].api_key),
         "LIKENESS_PROVIDER_ADAPTER_SIM_LATENCY_MS": "150",
         "LIKENESS_PROVIDER_ADAPTER_SIM_IDENTITY_SECONDS": "0.5",
         "LIKENESS_GATEWAY_PORT": str(port),
@@ -43,7 +57,7 @@ def system(tmp_path_factory: pytest.TempPathFactory, stack_endpoints: StackEndpo
         services.start_all()
         base_url = f"http://127.0.0.1:{port}"
         client, other = GatewayClient(base_url, key), GatewayClient(base_url, other_key)
-        yield RunningSystem(stack_endpoints, services, client, other, base_url)
+        yield RunningSystem(stack_endpoints, services, client, other, base_url, fake_fal[0])
         client.close()
         other.close()
     finally:

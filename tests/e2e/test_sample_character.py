@@ -20,8 +20,9 @@ from tests.e2e.conftest import RunningSystem
 pytestmark = pytest.mark.e2e
 
 
-def submit_sample(system: RunningSystem) -> str:
-    character_id = system.client.create_character(SAMPLE_NAME, [("astronaut.png", sample_reference_png(), "image/png")])
+def submit_sample(system: RunningSystem, provider: str = "sim") -> str:
+    reference = ("astronaut.png", sample_reference_png(), "image/png")
+    character_id = system.client.create_character(SAMPLE_NAME, [reference], provider=provider)
     system.client.wait_for_character(character_id)
     for params in demo_shots():
         system.client.request_shot(character_id, params.model_dump(mode="json"))

@@ -9,7 +9,6 @@ path), independent of the scoring service's own adapter.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import io
 import uuid
@@ -24,10 +23,11 @@ import pytest
 from PIL import Image, ImageOps
 from skimage import data as skdata
 
-from contracts import ImageRef, ShotParams
+from contracts import ShotParams
 from contracts.values import AspectRatio
 from services.provider_adapter.ports import ReferenceImage, ShotRequest
 from services.provider_adapter.providers import SimProvider, SimSettings, sim_images
+from tests.fakes import reference_image
 
 SAME_PERSON_BELOW = 0.6  # dlib's published threshold
 UNDRIFTED_MAX = 0.5  # what this test demands: a 0.1 margin under the threshold
@@ -84,16 +84,7 @@ class FaceCheck:
 def astronaut_reference() -> ReferenceImage:
     buffer = io.BytesIO()
     Image.fromarray(skdata.astronaut()).save(buffer, format="PNG")
-    data = buffer.getvalue()
-    ref = ImageRef(
-        key="astronaut.png",
-        sha256=hashlib.sha256(data).hexdigest(),
-        content_type="image/png",
-        width=512,
-        height=512,
-        size_bytes=len(data),
-    )
-    return ReferenceImage(ref=ref, data=data)
+    return reference_image(buffer.getvalue(), key="astronaut.png")
 
 
 async def demo_shot(seed: int, aspect_ratio: AspectRatio, *, drifted: bool) -> Image.Image:

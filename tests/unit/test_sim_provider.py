@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import uuid
 from typing import get_args
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from contracts import ImageRef, ShotParams
+from contracts import ShotParams
 from contracts.values import AspectRatio, Strategy
 from services.provider_adapter.ports import (
     IdentityRequest,
@@ -24,6 +23,7 @@ from services.provider_adapter.ports import (
 )
 from services.provider_adapter.providers import SIM_PRICES, SimProvider, SimSettings, sim_images
 from services.provider_adapter.providers.sim import drifts, fails
+from tests.fakes import reference_image
 
 T0 = 1_790_000_000.0
 
@@ -57,17 +57,8 @@ class RecordingProgress:
 def png_reference(pixels: np.ndarray, key: str = "ref.png") -> ReferenceImage:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    data = buffer.getvalue()
     height, width = pixels.shape[:2]
-    ref = ImageRef(
-        key=key,
-        sha256=hashlib.sha256(data).hexdigest(),
-        content_type="image/png",
-        width=width,
-        height=height,
-        size_bytes=len(data),
-    )
-    return ReferenceImage(ref=ref, data=data)
+    return reference_image(buffer.getvalue(), key=key, width=width, height=height)
 
 
 ASTRONAUT = png_reference(skdata.astronaut())

@@ -1,0 +1,1 @@
+"""Loopback fakes of provider APIs, speaking their documented contracts: for tests and the demo, never real."""
