@@ -45,8 +45,8 @@ def demo(
     provider: Annotated[
         str,
         typer.Option(
-            help="sim (the offline simulator), or fal-instant-character: the fal adapter against a fake fal server "
-            "on loopback (simulated; nothing is sent to fal.ai).",
+            help="sim (the offline simulator), or fal-instant-character or fal-flux-lora: a fal adapter against "
+            "a fake fal server on loopback (simulated; nothing is sent to fal.ai).",
         ),
     ] = "sim",
 ) -> None:

@@ -33,15 +33,15 @@ DEMO_SIM_ENV = {
 }
 
 
-DEMO_PROVIDERS = ("sim", "fal-instant-character")
+DEMO_PROVIDERS = ("sim", "fal-instant-character", "fal-flux-lora")
 FAKE_FAL_NOTICE = (
-    "fal-instant-character uses a FAKE fal server on loopback (simulated): it speaks fal's queue API, "
+    "the fal providers use a FAKE fal server on loopback (simulated): it speaks fal's queue API, "
     "but its images are the reference transformed, not fal.ai output, and no request left this machine"
 )
 
 
 def fake_fal_env(queue_url: str, key: str) -> dict[str, str]:
-    """Settings that point the services at a fake fal server and offer `fal-instant-character` beside `sim`."""
+    """Settings that point the services at a fake fal server and offer the fal providers beside `sim`."""
     return {
         "LIKENESS_PROVIDER_ADAPTER_FAL_KEY": key,
         "LIKENESS_PROVIDER_ADAPTER_FAL_QUEUE_URL": queue_url,
@@ -168,7 +168,7 @@ def service_memory_mb(pids: dict[str, int]) -> dict[str, float]:
 
 
 def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0, provider: str = "sim") -> DemoResult:
-    """The sample character on `provider`: `sim`, or `fal-instant-character` against a fake fal server on loopback."""
+    """The sample character on `provider`: `sim`, or a fal provider against a fake fal server on loopback."""
     if provider not in DEMO_PROVIDERS:
         raise ValueError(f"the demo runs on one of {', '.join(DEMO_PROVIDERS)}, not {provider!r}")
     started = time.monotonic()
@@ -209,7 +209,8 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0, p
             for params in shots:
                 client.request_shot(character_id, params.model_dump(mode="json"))
             console.print(f"character {character_id}: {len(shots)} shots requested from {source}")
-            label = "identity (simulated)" if provider == "sim" else "identity (instant)"
+            labels = {"sim": "identity (simulated)", "fal-flux-lora": "identity (LoRA training, fake fal)"}
+            label = labels.get(provider, "identity (instant)")
             follow_progress(client, character_id, len(shots), console, timeout_s, label)
             memory = service_memory_mb(services.pids())
             character = client.character(character_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ from faststream import FastStream
 from infra.runtime import Runtime, worker_app
 from infra.settings import InfraSettings
 from services.provider_adapter.ports import Provider
+from services.provider_adapter.providers import fal_flux_lora
 from services.provider_adapter.providers.fal import MODEL, PROVIDER_NAME, FalSettings, fal_provider
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim import SimProvider, SimSettings
@@ -57,8 +59,21 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
         timeout_s=settings.fal_timeout_s,
     )
     if fal.configured:
+        client = client or http_client(settings)
         providers[PROVIDER_NAME] = fal_provider(
-            fal, client or http_client(settings), concurrency=settings.fal_concurrency, retry=retry_policy(settings)
+            fal, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings)
+        )
+        flux_lora = fal_flux_lora.FluxLoraSettings(
+            **{
+                **asdict(fal),
+                "model": fal_flux_lora.MODEL,
+                "usd_per_megapixel": settings.fal_prices[fal_flux_lora.MODEL],
+            },
+            training_steps=settings.fal_training_steps,
+            training_usd_per_run=settings.fal_training_usd_per_run,
+        )
+        providers[fal_flux_lora.PROVIDER_NAME] = fal_flux_lora.flux_lora_provider(
+            flux_lora, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings)
         )
     return providers
 

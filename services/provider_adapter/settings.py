@@ -6,7 +6,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # fal's list prices, USD per megapixel of output, by model (provider-contracts.md section 1, read
 # on FAL_PRICES_AS_OF). Prices change: check fal.ai/pricing and override LIKENESS_PROVIDER_ADAPTER_FAL_PRICES.
 FAL_PRICES_AS_OF = "2026-11-24"
-FAL_PRICES = {"fal-ai/instant-character": 0.10}
+FAL_PRICES = {"fal-ai/instant-character": 0.10, "fal-ai/flux-lora": 0.035}
+# fal-ai/flux-lora-fast-training, USD per run: DISPUTED. Most sources say about $2 a run (~1000 steps);
+# third-party notes say $0.002 or $0.02 a step (provider-contracts.md section 1, read on FAL_PRICES_AS_OF).
+FAL_TRAINING_USD_PER_RUN = 2.0
 
 
 class ProviderAdapterSettings(BaseSettings):
@@ -39,7 +42,7 @@ class ProviderAdapterSettings(BaseSettings):
     fal_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_FAL_KEY", "FAL_KEY"),
-        description="fal.ai API key (key_id:key_secret); fal-instant-character is offered only when set.",
+        description="fal.ai API key (key_id:key_secret); the fal providers are offered only when set.",
     )
     fal_queue_url: str = Field(default="https://queue.fal.run", description="fal's queue host (a fake's in tests).")
     fal_concurrency: int = Field(default=2, ge=1, description="fal requests in flight at once (accounts start at 2).")
@@ -50,6 +53,12 @@ class ProviderAdapterSettings(BaseSettings):
         default_factory=lambda: dict(FAL_PRICES), description=f"USD per megapixel by model, as of {FAL_PRICES_AS_OF}."
     )
     fal_prices_as_of: str = FAL_PRICES_AS_OF
+    fal_training_steps: int = Field(default=1000, ge=1, le=10000, description="fal-flux-lora training steps.")
+    fal_training_usd_per_run: float = Field(
+        default=FAL_TRAINING_USD_PER_RUN,
+        ge=0,
+        description=f"fal-flux-lora training price per run; disputed (about $2 as of {FAL_PRICES_AS_OF}).",
+    )
 
     @field_validator("fal_key", mode="before")
     @classmethod

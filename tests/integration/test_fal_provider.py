@@ -9,19 +9,16 @@ import secrets
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-import httpx
 import pytest
 from PIL import Image
 from pydantic import SecretStr
 
 from contracts import ShotParams
 from infra.fakes.fal import FILE_PREFIX, Failure, FalFake, Fault
-from infra.fakes.server import LoopbackServer
 from infra.sample import sample_reference_png
 from infra.stack.ports import free_port
 from services.provider_adapter.app import build_providers
@@ -38,6 +35,7 @@ from services.provider_adapter.providers.http import RetryPolicy, http_timeout, 
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from services.provider_adapter.settings import ProviderAdapterSettings
 from tests.fakes import RecordingSleep, reference_image
+from tests.integration.conftest import FalServer
 
 pytestmark = pytest.mark.integration
 
@@ -50,28 +48,6 @@ class RecordingProgress:
 
     async def __call__(self, percent: float, message: str) -> None:
         self.calls.append((percent, message))
-
-
-@dataclass
-class FalServer:
-    fake: FalFake
-    url: str
-    key: str
-    clients: list[httpx.AsyncClient] = field(default_factory=list)
-
-    async def close(self) -> None:
-        for client in self.clients:
-            await client.aclose()
-
-
-@pytest.fixture
-async def fal() -> AsyncIterator[FalServer]:
-    key = f"fal-test-{secrets.token_hex(4)}:{secrets.token_hex(16)}"
-    fake = FalFake(api_key=key)
-    with LoopbackServer(fake.app, name="fal") as url:
-        server = FalServer(fake, url, key)
-        yield server
-        await server.close()
 
 
 def reference(data: bytes | None = None) -> ReferenceImage:
@@ -242,7 +218,7 @@ async def test_without_a_key_fal_is_not_available_and_not_offered(fal: FalServer
         await unconfigured.generate(await shot(unconfigured))
     assert set(build_providers(ProviderAdapterSettings(fal_key=None))) == {"sim"}
     configured = ProviderAdapterSettings(fal_key=SecretStr(fal.key), fal_queue_url=fal.url)
-    assert set(build_providers(configured)) == {"sim", "fal-instant-character"}
+    assert set(build_providers(configured)) == {"sim", "fal-instant-character", "fal-flux-lora"}
     assert fal.fake.submits == 0
 
 

@@ -34,7 +34,7 @@ def test_the_bare_fal_key_variable_configures_fal(monkeypatch: pytest.MonkeyPatc
     assert settings.fal_key is not None
     assert settings.fal_key.get_secret_value() == KEY
     assert KEY not in repr(settings)
-    assert set(build_providers(settings)) == {"sim", "fal-instant-character"}
+    assert set(build_providers(settings)) == {"sim", "fal-instant-character", "fal-flux-lora"}
 
 
 def test_the_prefixed_key_wins_and_a_blank_one_turns_fal_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,9 +46,19 @@ def test_the_prefixed_key_wins_and_a_blank_one_turns_fal_off(monkeypatch: pytest
 
 
 def test_prices_and_queue_url_are_checked() -> None:
-    assert ProviderAdapterSettings().fal_prices == FAL_PRICES == {"fal-ai/instant-character": 0.10}
+    assert (
+        ProviderAdapterSettings().fal_prices
+        == FAL_PRICES
+        == {"fal-ai/instant-character": 0.10, "fal-ai/flux-lora": 0.035}
+    )
     with pytest.raises(ValidationError, match="needs a price"):
         ProviderAdapterSettings(fal_prices={"fal-ai/flux-lora": 0.035})
+    with pytest.raises(ValidationError, match="needs a price"):
+        ProviderAdapterSettings(fal_prices={"fal-ai/instant-character": 0.10})
+    assert (ProviderAdapterSettings().fal_training_steps, ProviderAdapterSettings().fal_training_usd_per_run) == (
+        1000,
+        2.0,
+    )
     with pytest.raises(ValidationError, match="http"):
         ProviderAdapterSettings(fal_queue_url="queue.fal.run")
     assert ProviderAdapterSettings(fal_queue_url="http://127.0.0.1:9000/").fal_queue_url == "http://127.0.0.1:9000"
@@ -70,6 +80,7 @@ def test_every_aspect_ratio_has_a_fal_size_of_that_shape(aspect_ratio: AspectRat
     [
         ("sim,fal-instant-character", ["sim", "fal-instant-character"]),
         (" sim , fal-instant-character ,", ["sim", "fal-instant-character"]),
+        ("sim,fal-instant-character,fal-flux-lora", ["sim", "fal-instant-character", "fal-flux-lora"]),
         ('["sim", "fal-instant-character"]', ["sim", "fal-instant-character"]),
         ("sim", ["sim"]),
     ],
