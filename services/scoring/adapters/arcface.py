@@ -1,10 +1,10 @@
 """Face identity with ArcFace: dlib's HOG detector, 68 landmarks, a 112x112 aligned crop, an ONNX model.
 
-Detection is the dlib backend's, step for step (same fallbacks, same ranking, same notes; see
-`face.py`). Each ranked face is aligned the way insightface aligns faces for its recognition
-models (a similarity transform putting eyes, nose tip and mouth corners on a fixed template),
-and the ONNX model (insightface's w600k_r50 or glint360k models, or any with the same contract)
-describes it. The weights are loaded by file path only: nothing is ever downloaded.
+Detection is the dlib backend's own `HogFaces` (same fallbacks, same ranking, same notes). Each
+ranked face is aligned the way insightface aligns faces for its recognition models (a similarity
+transform putting eyes, nose tip and mouth corners on a fixed template), and the ONNX model
+(insightface's w600k_r50 or glint360k models, or any with the same contract) describes it. The
+weights are loaded by file path only: nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -20,15 +20,7 @@ import numpy.typing as npt
 import onnxruntime  # type: ignore[import-untyped]
 from PIL import Image
 
-from contracts.values import FaceNote
-from services.scoring.adapters.face import (
-    _autocontrasted_gray,
-    _clipped_box,
-    _confident,
-    _model_file,
-    _ranked,
-    default_models_dir,
-)
+from services.scoring.adapters.face import HogFaces, Pixels, _model_file, default_models_dir
 from services.scoring.adapters.rgb import to_rgb_array
 from services.scoring.ports import FaceCandidate, FaceObservation, ModelWeightsUnavailable, ScoringModelError
 
@@ -58,7 +50,6 @@ _PIXEL_OFFSET = 127.5  # insightface's recognition models take (x - 127.5) / 127
 _PIXEL_SCALE = 127.5
 _HASH_CHUNK = 1 << 20
 
-Pixels = np.ndarray[Any, np.dtype[np.uint8]]
 Points = npt.NDArray[np.float64]
 
 
@@ -86,15 +77,12 @@ class ArcFaceEmbedder:
         max_upsample: int = 1,
         models_dir: Path | None = None,
     ) -> None:
-        if max_upsample < 0:
-            raise ValueError("max_upsample must be >= 0")
         if threads is not None and threads < 1:
             raise ValueError("threads must be >= 1 (or None: onnxruntime's default)")
         self._weights = Path(weights)
         self._digest = _sha256(self._weights)  # also proves the file is there and readable
         directory = models_dir if models_dir is not None else default_models_dir()
-        self._upsample_steps = tuple(range(max_upsample + 1))
-        self._detector: Any = dlib.get_frontal_face_detector()
+        self._faces = HogFaces(max_upsample=max_upsample)
         self._landmarks: Any = dlib.shape_predictor(_model_file(directory, LANDMARKS_68_FILE))
         self._session: Any = _session(self._weights, threads)
         self._input_name, self._batch_of_one = _checked_input(self._session, self._weights)
@@ -109,37 +97,18 @@ class ArcFaceEmbedder:
     def observe(self, image: Image.Image, *, max_candidates: int = 1) -> FaceObservation:
         if max_candidates < 1:
             raise ValueError("max_candidates must be >= 1")
-        pixels = to_rgb_array(image)
-        notes: list[FaceNote] = []
         with self._lock:
-            found, upsample = self._detect(pixels)
-            if not found:
-                enhanced = _autocontrasted_gray(pixels)
-                if enhanced is not None:
-                    found, upsample = self._detect(enhanced)
-                    if found:
-                        pixels = enhanced
-                        notes.append("contrast_stretched")
-            if not found:
+            found = self._faces.find(to_rgb_array(image))
+            if found is None:
                 return FaceObservation(faces_found=0)
-            if upsample > 0:
-                notes.append("upsampled")
-            chosen = _ranked(_confident(found))[:max_candidates]
-            crops = [aligned_face(pixels, five_points(self._landmarks(pixels, rect))) for rect, _ in chosen]
-            descriptors = self._embed(crops)
+            chosen = found.ranked[:max_candidates]
+            landmarks = [five_points(self._landmarks(found.pixels, rect)) for rect, _ in chosen]
+            descriptors = self._embed([aligned_face(found.pixels, points) for points in landmarks])
         candidates = tuple(
-            FaceCandidate(descriptor, _clipped_box(rect, width=pixels.shape[1], height=pixels.shape[0]), score)
+            FaceCandidate(descriptor, found.box(rect), score)
             for descriptor, (rect, score) in zip(descriptors, chosen, strict=True)
         )
-        return FaceObservation(faces_found=len(found), candidates=candidates, notes=tuple(notes))
-
-    def _detect(self, pixels: Pixels) -> tuple[list[tuple[Any, float]], int]:
-        """Detections with their scores, and the upsampling that found them (as `DlibFaceEmbedder`)."""
-        for upsample in self._upsample_steps:
-            rectangles, scores, _ = self._detector.run(pixels, upsample, 0.0)
-            if len(rectangles) > 0:
-                return list(zip(rectangles, (float(s) for s in scores), strict=True)), upsample
-        return [], 0
+        return FaceObservation(faces_found=found.faces_found, candidates=candidates, notes=found.notes)
 
     def _embed(self, crops: list[Pixels]) -> npt.NDArray[np.float32]:
         """One L2-normalised float32 row per 112x112 RGB crop."""

@@ -10,6 +10,7 @@ import importlib.util
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,9 @@ class DlibFaceEmbedder:
     def __init__(self, *, jitters: int = 1, max_upsample: int = 1, models_dir: Path | None = None) -> None:
         if jitters < 1:
             raise ValueError("jitters must be >= 1 (dlib treats 0 as 1)")
-        if max_upsample < 0:
-            raise ValueError("max_upsample must be >= 0")
         directory = models_dir if models_dir is not None else default_models_dir()
         self._jitters = jitters
-        self._upsample_steps = tuple(range(max_upsample + 1))
-        self._detector: Any = dlib.get_frontal_face_detector()
+        self._faces = HogFaces(max_upsample=max_upsample)
         self._shape_predictor: Any = dlib.shape_predictor(_model_file(directory, SHAPE_PREDICTOR_FILE))
         self._descriptor_model: Any = dlib.face_recognition_model_v1(_model_file(directory, DESCRIPTOR_MODEL_FILE))
         self._lock = threading.Lock()
@@ -81,30 +79,61 @@ class DlibFaceEmbedder:
     def observe(self, image: Image.Image, *, max_candidates: int = 1) -> FaceObservation:
         if max_candidates < 1:
             raise ValueError("max_candidates must be >= 1")
-        pixels = to_rgb_array(image)
-        notes: list[FaceNote] = []
         with self._lock:
-            found, upsample = self._detect(pixels)
-            if not found:
-                enhanced = _autocontrasted_gray(pixels)
-                if enhanced is not None:
-                    found, upsample = self._detect(enhanced)
-                    if found:
-                        pixels = enhanced
-                        notes.append("contrast_stretched")
-            if not found:
+            found = self._faces.find(to_rgb_array(image))
+            if found is None:
                 return FaceObservation(faces_found=0)
-            if upsample > 0:
-                notes.append("upsampled")
-            candidates = []
-            for rect, score in _ranked(_confident(found))[:max_candidates]:
+            pixels, candidates = found.pixels, []
+            for rect, score in found.ranked[:max_candidates]:
                 shape = self._shape_predictor(pixels, rect)
                 descriptor = self._descriptor_model.compute_face_descriptor(pixels, shape, self._jitters)
-                box = _clipped_box(rect, width=pixels.shape[1], height=pixels.shape[0])
-                candidates.append(FaceCandidate(np.asarray(descriptor, dtype=np.float32), box, score))
-        return FaceObservation(faces_found=len(found), candidates=tuple(candidates), notes=tuple(notes))
+                candidates.append(FaceCandidate(np.asarray(descriptor, dtype=np.float32), found.box(rect), score))
+        return FaceObservation(faces_found=found.faces_found, candidates=tuple(candidates), notes=found.notes)
 
-    def _detect(self, pixels: np.ndarray[Any, np.dtype[np.uint8]]) -> tuple[list[tuple[Any, float]], int]:
+
+Pixels = np.ndarray[Any, np.dtype[np.uint8]]
+
+
+@dataclass(frozen=True)
+class FoundFaces:
+    """What the HOG detector found: on `pixels` (the image, or its contrast-stretched copy)."""
+
+    pixels: Pixels
+    faces_found: int
+    ranked: list[tuple[Any, float]]  # the confident detections, primary first (see _ranked)
+    notes: tuple[FaceNote, ...]
+
+    def box(self, rect: Any) -> FaceBox:
+        return _clipped_box(rect, width=self.pixels.shape[1], height=self.pixels.shape[0])
+
+
+class HogFaces:
+    """dlib's HOG detector with the fallbacks both face backends share: upsample 0, then up to
+    `max_upsample`; if nothing is found, the same on an autocontrasted grayscale copy. Not thread-safe."""
+
+    def __init__(self, *, max_upsample: int = 1) -> None:
+        if max_upsample < 0:
+            raise ValueError("max_upsample must be >= 0")
+        self._upsample_steps = tuple(range(max_upsample + 1))
+        self._detector: Any = dlib.get_frontal_face_detector()
+
+    def find(self, pixels: Pixels) -> FoundFaces | None:
+        notes: list[FaceNote] = []
+        found, upsample = self._detect(pixels)
+        if not found:
+            enhanced = _autocontrasted_gray(pixels)
+            if enhanced is not None:
+                found, upsample = self._detect(enhanced)
+                if found:
+                    pixels = enhanced
+                    notes.append("contrast_stretched")
+        if not found:
+            return None
+        if upsample > 0:
+            notes.append("upsampled")
+        return FoundFaces(pixels, len(found), _ranked(_confident(found)), tuple(notes))
+
+    def _detect(self, pixels: Pixels) -> tuple[list[tuple[Any, float]], int]:
         """Detections with their scores, and the upsampling that found them."""
         for upsample in self._upsample_steps:
             rectangles, scores, _ = self._detector.run(pixels, upsample, 0.0)
