@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -89,6 +90,23 @@ def test_text_embeddings_are_seeded_and_batches_split_cleanly(
     embedder: OpenClipImageEmbedder, twin: OpenClipImageEmbedder
 ) -> None:
     np.testing.assert_allclose(twin.embed_texts(PROMPTS), embedder.embed_texts(PROMPTS), atol=1e-5)
+
+
+def test_each_distinct_prompt_is_encoded_once(twin: OpenClipImageEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[int] = []
+    model = twin._model
+    original = model.encode_text
+
+    def counting(tokens: Any) -> Any:
+        encoded.append(len(tokens))
+        return original(tokens)
+
+    monkeypatch.setattr(model, "encode_text", counting)
+    first = twin.embed_texts(["a red hat, cached", "a blue coat, cached", "a red hat, cached"])
+    again = twin.embed_texts(["a blue coat, cached", "a green scarf, cached"])
+    assert encoded == [2, 1]  # the repeat and the second call's known prompt were not encoded again
+    np.testing.assert_array_equal(first[0], first[2])
+    np.testing.assert_array_equal(first[1], again[0])
 
 
 def test_without_prompt_adherence_the_text_tower_is_gone(
