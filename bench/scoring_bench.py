@@ -6,9 +6,9 @@
     reference's face and the shot's face again (face_recognition's defaults: HOG upsampled once,
     5-point landmarks, 1 jitter). Nothing is cached.
 (b) the models alone, no service: our Scorer loaded exactly as the service loads it (`build_scorer`:
-    dlib in a child process, open_clip in bfloat16 where the CPU has it, on the remaining core, for
-    CLIP-I and CLIP-T) with the reference embedded once, then `score_batch` over the shots in batches:
-    this machine's limit.
+    dlib in a child process; CLIP on the remaining core, on onnxruntime in float32 unless LIKENESS_SCORING_*
+    settings say otherwise, for CLIP-I and CLIP-T) with the reference embedded once, then `score_batch`
+    over the shots in batches: this machine's limit.
 (c) the scoring service as its own process on the embedded stack, fed through NATS: ShotStored events in,
     ShotScored events out, images from the object store, reference embeddings cached in PostgreSQL.
 
@@ -50,7 +50,7 @@ from infra.processes import ServiceSet
 from infra.sample import sample_reference_png
 from infra.stack import EmbeddedStack, StackEndpoints
 from services.provider_adapter.providers import sim_images
-from services.scoring.adapters.clip import cpu_has_bf16
+from services.scoring.adapters.clip_common import cpu_has_bf16
 from services.scoring.adapters.face import (
     DESCRIPTOR_MODEL_FILE,
     SHAPE_PREDICTOR_FILE,
@@ -193,7 +193,8 @@ def models_batched(
     for start in range(0, len(shots), batch_size):
         embedder.embed(shots[start : start + batch_size])
     clip_s = time.perf_counter() - started
-    model_name = f"{embedder.model_name}, {torch.get_num_threads()} torch thread(s)"
+    threads = ScoringSettings().torch_threads or max(1, len(os.sched_getaffinity(0)) - 1)
+    model_name = f"{embedder.model_name}, {threads} thread(s)"
     if isinstance(faces, ProcessFaceEmbedder):
         faces.close()
     del scorer, embedder, faces
@@ -423,9 +424,7 @@ def report(console: Console, naive: Measured, models: Measured, service: Service
     console.print(
         "  CLIP runs on [bold]random weights[/bold]: the speed is that of real weights, the scores mean nothing."
     )
-    console.print(
-        f"  (b) and (c) precision=auto: {clip_model}; CPU has native bfloat16: {'yes' if cpu_has_bf16() else 'no'}"
-    )
+    console.print(f"  (b) and (c): {clip_model}; CPU has native bfloat16: {'yes' if cpu_has_bf16() else 'no'}")
     console.print("  (a) float32, the whole model (text tower too), the reference re-embedded with every shot")
     console.print(
         "  face: (a) dlib called as face_recognition does (HOG upsampled once), reference described every pair;"

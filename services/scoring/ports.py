@@ -118,3 +118,7 @@ class TextEmbedder(Protocol):
     def embed_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Return an (n, d) float32 array of L2-normalised embeddings, one row per text, in order."""
         ...
+
+
+class ClipEmbedder(ImageEmbedder, TextEmbedder, Protocol):
+    """Both CLIP towers: what the service runs, on torch or on onnxruntime."""

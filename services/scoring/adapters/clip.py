@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import hashlib
 import os
 import sys
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,11 +23,9 @@ import open_clip
 import torch
 from PIL import Image
 
+from services.scoring.adapters.clip_common import PromptEmbeddings, cpu_has_bf16, weights_kind, weights_label
 from services.scoring.adapters.rgb import to_rgb
 from services.scoring.ports import ModelWeightsUnavailable
-
-_TEXT_CACHE_SIZE = 4096  # prompt embeddings kept: 2 KB each for ViT-B-32
-_WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 
 
 class OpenClipImageEmbedder:
@@ -71,30 +67,19 @@ class OpenClipImageEmbedder:
         self._device = torch.device(device)
         self._batch_size = batch_size
         self._dtype = _dtype(precision)
-        if weights is None:
+        kind = weights_kind(model_name, weights)
+        if kind == "random":
             # made in the target precision from the start: no float32 copy to peak memory (~600 MB)
             with torch.random.fork_rng(devices=[]), _default_dtype(self._dtype):
                 torch.manual_seed(seed)
                 model, preprocess = _create(model_name, None, device)
-            self._weights_label = "random weights, uncalibrated"
-            self._calibrated = False
-        elif Path(weights).is_file():
-            model, preprocess = _load(model_name, weights, device, offline=offline)
-            # the file's digest, so new weights under an old name still make a new scorer key
-            self._weights_label = f"{Path(weights).name} sha256:{_file_sha256(Path(weights))[:12]}"
-            self._calibrated = True
-        elif weights.endswith(_WEIGHT_FILE_SUFFIXES) or os.sep in weights:
-            raise ModelWeightsUnavailable(
-                f"open_clip weights {weights!r} is not an existing file. Download the {model_name} "
-                "checkpoint on a machine with internet access, copy it here and pass its path."
-            )
         else:
+            assert weights is not None
             model, preprocess = _load(model_name, weights, device, offline=offline)
-            self._weights_label = weights
-            self._calibrated = True
+        self._weights_label = weights_label(weights)
+        self._calibrated = kind != "random"
         model.eval()
         self._tokenizer: Any = open_clip.get_tokenizer(model_name) if prompt_adherence else None
-        self._texts: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         if not prompt_adherence:
             _drop_text_tower(model)
         if self._dtype != torch.float32:
@@ -103,6 +88,7 @@ class OpenClipImageEmbedder:
         self._model: Any = model
         self._preprocess: Any = preprocess
         self._dimension = int(model.visual.output_dim)
+        self._texts = PromptEmbeddings(self._dimension)
 
     @property
     def model_name(self) -> str:
@@ -112,6 +98,15 @@ class OpenClipImageEmbedder:
     @property
     def calibrated(self) -> bool:
         return self._calibrated
+
+    @property
+    def module(self) -> Any:
+        """The open_clip model itself (what `clip_export` turns into ONNX graphs)."""
+        return self._model
+
+    @property
+    def weights_label(self) -> str:
+        return self._weights_label
 
     @property
     def dimension(self) -> int:
@@ -142,23 +137,13 @@ class OpenClipImageEmbedder:
         """
         if self._tokenizer is None:
             raise RuntimeError("this embedder was made with prompt_adherence=False: its text tower is gone")
-        missing = list(dict.fromkeys(text for text in texts if text not in self._texts))
+        return self._texts.get(texts, self._encode_texts, batch_size=self._batch_size)
+
+    def _encode_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
         with torch.inference_mode():
-            for start in range(0, len(missing), self._batch_size):
-                chunk = missing[start : start + self._batch_size]
-                tokens = self._tokenizer(chunk).to(self._device)
-                features = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
-                for text, row in zip(chunk, features.cpu().numpy(), strict=True):
-                    self._texts[text] = row
-        rows = []
-        for text in texts:
-            self._texts.move_to_end(text)
-            rows.append(self._texts[text])
-        while len(self._texts) > _TEXT_CACHE_SIZE:
-            self._texts.popitem(last=False)
-        if not rows:
-            return np.zeros((0, self._dimension), dtype=np.float32)
-        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+            tokens = self._tokenizer(texts).to(self._device)
+            features = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
+            return np.asarray(features.cpu().numpy(), dtype=np.float32)
 
     def _stacked(self, rows: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
         if not rows:
@@ -167,15 +152,6 @@ class OpenClipImageEmbedder:
 
 
 Precision = Literal["float32", "bfloat16", "auto"]
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere it is emulated, slowly."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _dtype(precision: Precision) -> torch.dtype:
@@ -210,14 +186,6 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as weights:
-        while chunk := weights.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _create(model_name: str, pretrained: str | None, device: str) -> tuple[Any, Any]:

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from contracts import ShotScore
-from services.scoring.adapters.clip import OpenClipImageEmbedder
+from services.scoring.adapters.clip_onnx import OnnxClipEmbedder, exported_clip
 from services.scoring.adapters.face import DlibFaceEmbedder
 from services.scoring.adapters.face_process import ProcessFaceEmbedder
 from services.scoring.calibration import CalibrationProfile, CalibrationProfileError
-from services.scoring.ports import FaceEmbedder, ModelWeightsUnavailable
+from services.scoring.ports import ClipEmbedder, FaceEmbedder, ModelWeightsUnavailable, ScoringModelError
 from services.scoring.scorer import ReferenceEmbeddings, Scorer, ScoringThresholds, ShotToScore
 from services.scoring.settings import ScoringSettings
 
@@ -70,14 +70,7 @@ def build_scorer(settings: ScoringSettings) -> Scorer:
     threads = settings.torch_threads
     if threads is None and isinstance(face, ProcessFaceEmbedder):
         threads = max(1, len(os.sched_getaffinity(0)) - 1)
-    images = OpenClipImageEmbedder(
-        model_name=settings.clip_model,
-        weights=settings.clip_weights,
-        offline=settings.offline,
-        threads=threads,
-        precision=settings.clip_precision,
-        prompt_adherence=settings.prompt_adherence,
-    )
+    images = build_clip_embedder(settings, threads=threads)
     return Scorer(
         face,
         images,
@@ -85,6 +78,39 @@ def build_scorer(settings: ScoringSettings) -> Scorer:
         texts=images if settings.prompt_adherence else None,
         calibration_profile=profile,
         max_face_candidates=settings.max_face_candidates,
+    )
+
+
+def build_clip_embedder(settings: ScoringSettings, *, threads: int | None) -> ClipEmbedder:
+    """CLIP as settings choose: on onnxruntime (exported first if the cache lacks it), or open_clip in torch."""
+    precision = settings.clip_precision
+    if settings.clip_runtime == "onnx":
+        if precision == "bfloat16":
+            raise ScoringModelError(
+                "LIKENESS_SCORING_CLIP_PRECISION=bfloat16 needs LIKENESS_SCORING_CLIP_RUNTIME=torch: onnxruntime "
+                "runs CLIP in float32 or int8 on a CPU"
+            )
+        exported = exported_clip(
+            settings.clip_model,
+            settings.clip_weights,
+            cache=settings.clip_cache,
+            offline=settings.offline,
+            precision="int8" if precision == "int8" else "float32",
+        )
+        return OnnxClipEmbedder(exported, threads=threads, prompt_adherence=settings.prompt_adherence)
+    if precision == "int8":
+        raise ScoringModelError(
+            "LIKENESS_SCORING_CLIP_PRECISION=int8 needs LIKENESS_SCORING_CLIP_RUNTIME=onnx (the default)"
+        )
+    from services.scoring.adapters.clip import OpenClipImageEmbedder  # imports torch: only where it is used
+
+    return OpenClipImageEmbedder(
+        model_name=settings.clip_model,
+        weights=settings.clip_weights,
+        offline=settings.offline,
+        threads=threads,
+        precision=precision,
+        prompt_adherence=settings.prompt_adherence,
     )
 
 
