@@ -33,7 +33,7 @@ DEMO_SIM_ENV = {
 }
 
 
-DEMO_PROVIDERS = ("sim", "fal-instant-character", "fal-flux-lora")
+DEMO_PROVIDERS = ("sim", "fal-instant-character", "fal-flux-lora", "fal-flux-redux")
 FAKE_FAL_NOTICE = (
     "the fal providers use a FAKE fal server on loopback (simulated): it speaks fal's queue API, "
     "but its images are the reference transformed, not fal.ai output, and no request left this machine"

@@ -1,6 +1,7 @@
 """A fake of fal.ai's queue API, on loopback: a test and demo tool, never fal.
 
-Models: `fal-ai/instant-character`, `fal-ai/flux-lora-fast-training` and `fal-ai/flux-lora`.
+Models: `fal-ai/instant-character`, `fal-ai/flux-lora-fast-training`, `fal-ai/flux-lora` and
+`fal-ai/flux/dev/redux` (no prompt; its request URLs drop the subpath: `/fal-ai/flux/requests/{id}`).
 
 It speaks the documented contract (docs.fal.ai/model-endpoints/queue; provider-contracts.md section 1):
 submit answers `{request_id, status_url, response_url, cancel_url, status: IN_QUEUE, queue_position}`;
@@ -47,6 +48,7 @@ from services.provider_adapter.providers import sim_images
 from services.provider_adapter.providers.fal import MODEL, NAMED_SIZES
 from services.provider_adapter.providers.fal_flux_lora import MODEL as FLUX_LORA_MODEL
 from services.provider_adapter.providers.fal_flux_lora import TRAINING_MODEL
+from services.provider_adapter.providers.fal_redux import MODEL as REDUX_MODEL
 from services.provider_adapter.providers.http import FAKE_MARKER_HEADER, FAKE_TRANSFORM_HEADER
 
 FILE_PREFIX: Final = "fake-fal-"
@@ -115,6 +117,22 @@ class InstantCharacterInput(_ImageInput):
     guidance_scale: float = Field(default=3.5, ge=0.0, le=20.0)
 
 
+class ReduxInput(BaseModel):
+    """fal-ai/flux/dev/redux's input schema (provider-contracts.md section 1): no prompt."""
+
+    model_config = ConfigDict(extra="ignore")
+    image_url: str = Field(min_length=1)
+    image_size: NamedSize | ImageSize = "landscape_4_3"
+    num_inference_steps: int = Field(default=28, ge=1, le=50)
+    guidance_scale: float = Field(default=3.5, ge=0.0, le=20.0)
+    seed: int | None = Field(default=None, ge=0)
+    num_images: int = Field(default=1, ge=1, le=4)
+    acceleration: Literal["none", "regular", "high"] = "none"
+    enable_safety_checker: bool = True
+    output_format: Literal["jpeg", "png"] = "jpeg"
+    sync_mode: bool = False
+
+
 class LoraWeight(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(min_length=1)
@@ -174,7 +192,8 @@ class _Job:
     polls_in_progress: int = 0
 
     def urls(self) -> dict[str, str]:
-        base = f"{self.base_url}/{self.model}/requests/{self.request_id}"
+        app = "/".join(self.model.split("/")[:2])  # fal's request URLs drop a model's subpath
+        base = f"{self.base_url}/{app}/requests/{self.request_id}"
         return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
 
@@ -198,6 +217,7 @@ class FalFake:
     received: list[InstantCharacterInput] = field(default_factory=list, init=False, repr=False)  # accepted inputs
     received_trainings: list[TrainingInput] = field(default_factory=list, init=False, repr=False)
     received_flux_lora: list[FluxLoraInput] = field(default_factory=list, init=False, repr=False)
+    received_redux: list[ReduxInput] = field(default_factory=list, init=False, repr=False)
     outputs: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)  # results served
     _faults: dict[str, deque[Fault]] = field(default_factory=dict, init=False, repr=False)
     _failures: deque[Failure] = field(default_factory=deque, init=False, repr=False)
@@ -218,12 +238,14 @@ class FalFake:
     @property
     def app(self) -> ASGIApp:
         routes = [Route("/files/{request_id}/{file_name}", self._file, methods=["GET"])]
-        for model, submit in ((MODEL, self._submit), (FLUX_LORA_MODEL, self._submit), (TRAINING_MODEL, self._train)):
+        models = ((MODEL, self._submit), (FLUX_LORA_MODEL, self._submit), (TRAINING_MODEL, self._train))
+        for model, submit in (*models, (REDUX_MODEL, self._submit)):
+            app = "/".join(model.split("/")[:2])
             routes += [
                 Route(f"/{model}", submit, methods=["POST"]),
-                Route(f"/{model}/requests/{{request_id}}/status", self._status, methods=["GET"]),
-                Route(f"/{model}/requests/{{request_id}}", self._result, methods=["GET"]),
-                Route(f"/{model}/requests/{{request_id}}/cancel", self._cancel, methods=["PUT"]),
+                Route(f"/{app}/requests/{{request_id}}/status", self._status, methods=["GET"]),
+                Route(f"/{app}/requests/{{request_id}}", self._result, methods=["GET"]),
+                Route(f"/{app}/requests/{{request_id}}/cancel", self._cancel, methods=["PUT"]),
             ]
         return _marked(Starlette(routes=routes))
 
@@ -237,14 +259,13 @@ class FalFake:
             return refused
         model = request.url.path.strip("/")
         render: _Render
+        schemas: dict[str, type[BaseModel]] = {MODEL: InstantCharacterInput, REDUX_MODEL: ReduxInput}
+        schema = schemas.get(model, FluxLoraInput)
         try:
-            if model == MODEL:
-                arguments: BaseModel = InstantCharacterInput.model_validate(body)
-            else:
-                arguments = FluxLoraInput.model_validate(body)
+            arguments: BaseModel = schema.model_validate(body)
         except ValidationError as error:
             return _detail(422, [_fastapi_error(item) for item in error.errors()])
-        if isinstance(arguments, InstantCharacterInput):
+        if isinstance(arguments, InstantCharacterInput | ReduxInput):
             if not arguments.image_url.startswith("data:"):
                 msg = "File download error: this fake reaches no network; send a base64 data: URI"
                 return _detail(422, [{"loc": ["body", "image_url"], "msg": msg, "type": "file_download_error"}])
@@ -253,10 +274,13 @@ class FalFake:
                 source = base64.b64decode(encoded, validate=True) if header.endswith(";base64") else b""
             except binascii.Error:
                 source = b"not base64"
-            render = _Render(
-                source, arguments.prompt, arguments.image_size, _seed(arguments), arguments.output_format, "image_url"
-            )
-            self.received.append(arguments)
+            prompt = arguments.prompt if isinstance(arguments, InstantCharacterInput) else ""
+            seed = _seed(arguments) if isinstance(arguments, InstantCharacterInput) else (arguments.seed or 0)
+            render = _Render(source, prompt, arguments.image_size, seed, arguments.output_format, "image_url")
+            if isinstance(arguments, ReduxInput):
+                self.received_redux.append(arguments)
+            else:
+                self.received.append(arguments)
         else:
             assert isinstance(arguments, FluxLoraInput)
             reference = self._loras.get(arguments.loras[0].path)
@@ -416,7 +440,8 @@ class FalFake:
         if refused is not None:
             return None, refused
         job = self._jobs.get(request.path_params["request_id"])
-        if job is None or not request.url.path.startswith(f"/{job.model}/requests/"):
+        app = "/".join(job.model.split("/")[:2]) if job is not None else ""
+        if job is None or not request.url.path.startswith(f"/{app}/requests/"):
             return None, _detail(404, "Request not found")
         return job, Response()
 
@@ -444,7 +469,7 @@ class FalFake:
         job.output = {
             "images": [{**self._served(job, file_name), "width": width, "height": height}],
             "seed": arguments.seed,
-            "prompt": arguments.prompt,
+            **({"prompt": arguments.prompt} if arguments.prompt else {}),
             "has_nsfw_concepts": [False],
             "timings": {"inference": job.inference_s},
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import httpx
@@ -11,7 +11,7 @@ from faststream import FastStream
 from infra.runtime import Runtime, worker_app
 from infra.settings import InfraSettings
 from services.provider_adapter.ports import Provider
-from services.provider_adapter.providers import fal_flux_lora
+from services.provider_adapter.providers import fal_flux_lora, fal_redux
 from services.provider_adapter.providers.fal import MODEL, PROVIDER_NAME, FalSettings, fal_provider
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim import SimProvider, SimSettings
@@ -74,6 +74,10 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
         )
         providers[fal_flux_lora.PROVIDER_NAME] = fal_flux_lora.flux_lora_provider(
             flux_lora, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings)
+        )
+        redux = replace(fal, model=fal_redux.MODEL, usd_per_megapixel=settings.fal_prices[fal_redux.MODEL])
+        providers[fal_redux.PROVIDER_NAME] = fal_redux.redux_provider(
+            redux, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings)
         )
     return providers
 

@@ -6,7 +6,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # fal's list prices, USD per megapixel of output, by model (provider-contracts.md section 1, read
 # on FAL_PRICES_AS_OF). Prices change: check fal.ai/pricing and override LIKENESS_PROVIDER_ADAPTER_FAL_PRICES.
 FAL_PRICES_AS_OF = "2026-11-24"
-FAL_PRICES = {"fal-ai/instant-character": 0.10, "fal-ai/flux-lora": 0.035}
+# fal-ai/flux/dev/redux: no published figure the research could confirm; Flux Dev's $0.025/MP assumed.
+FAL_PRICES = {"fal-ai/instant-character": 0.10, "fal-ai/flux-lora": 0.035, "fal-ai/flux/dev/redux": 0.025}
 # fal-ai/flux-lora-fast-training, USD per run: DISPUTED. Most sources say about $2 a run (~1000 steps);
 # third-party notes say $0.002 or $0.02 a step (provider-contracts.md section 1, read on FAL_PRICES_AS_OF).
 FAL_TRAINING_USD_PER_RUN = 2.0

@@ -218,7 +218,7 @@ async def test_without_a_key_fal_is_not_available_and_not_offered(fal: FalServer
         await unconfigured.generate(await shot(unconfigured))
     assert set(build_providers(ProviderAdapterSettings(fal_key=None))) == {"sim"}
     configured = ProviderAdapterSettings(fal_key=SecretStr(fal.key), fal_queue_url=fal.url)
-    assert set(build_providers(configured)) == {"sim", "fal-instant-character", "fal-flux-lora"}
+    assert set(build_providers(configured)) == {"sim", "fal-instant-character", "fal-flux-lora", "fal-flux-redux"}
     assert fal.fake.submits == 0
 
 

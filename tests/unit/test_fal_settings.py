@@ -34,7 +34,7 @@ def test_the_bare_fal_key_variable_configures_fal(monkeypatch: pytest.MonkeyPatc
     assert settings.fal_key is not None
     assert settings.fal_key.get_secret_value() == KEY
     assert KEY not in repr(settings)
-    assert set(build_providers(settings)) == {"sim", "fal-instant-character", "fal-flux-lora"}
+    assert set(build_providers(settings)) == {"sim", "fal-instant-character", "fal-flux-lora", "fal-flux-redux"}
 
 
 def test_the_prefixed_key_wins_and_a_blank_one_turns_fal_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,7 +49,7 @@ def test_prices_and_queue_url_are_checked() -> None:
     assert (
         ProviderAdapterSettings().fal_prices
         == FAL_PRICES
-        == {"fal-ai/instant-character": 0.10, "fal-ai/flux-lora": 0.035}
+        == {"fal-ai/instant-character": 0.10, "fal-ai/flux-lora": 0.035, "fal-ai/flux/dev/redux": 0.025}
     )
     with pytest.raises(ValidationError, match="needs a price"):
         ProviderAdapterSettings(fal_prices={"fal-ai/flux-lora": 0.035})

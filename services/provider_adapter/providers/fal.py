@@ -49,27 +49,32 @@ __all__ = [
 
 PROVIDER_NAME: Final = "fal-instant-character"
 MODEL: Final = "fal-ai/instant-character"
-_IDENTITY = re.compile(rf"^{PROVIDER_NAME}:(?P<digest>[0-9a-f]{{64}})$")
+_DIGEST = re.compile(r"^(?P<provider>[a-z0-9-]+):(?P<digest>[0-9a-f]{64})$")
 
 
-def identity_for(reference_sha256s: Sequence[str]) -> str:
+def identity_for(reference_sha256s: Sequence[str], provider: str = PROVIDER_NAME) -> str:
     """The identity of an instant-reference character: its references, in order, by sha256."""
-    return f"{PROVIDER_NAME}:{hashlib.sha256(':'.join(reference_sha256s).encode()).hexdigest()}"
+    return f"{provider}:{hashlib.sha256(':'.join(reference_sha256s).encode()).hexdigest()}"
 
 
 class FalInstantCharacter(FalAdapter[FalSettings]):
-    """`fal-instant-character`: implements `ports.Provider` over fal's queue API."""
+    """`fal-instant-character`: implements `ports.Provider` over fal's queue API.
+
+    Subclasses that also build no identity (the references are the identity) change `name` and
+    `arguments`.
+    """
 
     name = PROVIDER_NAME
 
     async def create_identity(self, request: IdentityRequest) -> str:
         if not request.references:
             raise PermanentProviderError("An identity needs at least one reference image; upload one.")
-        return identity_for([reference.ref.sha256 for reference in request.references])
+        return identity_for([reference.ref.sha256 for reference in request.references], self.name)
 
     async def identity_status(self, job_id: str) -> IdentityStatus:
-        if _IDENTITY.match(job_id) is None:
-            raise PermanentProviderError(f"{job_id!r} is not a {PROVIDER_NAME} identity.")
+        match = _DIGEST.match(job_id)
+        if match is None or match["provider"] != self.name:
+            raise PermanentProviderError(f"{job_id!r} is not a {self.name} identity.")
         return IdentityStatus(state="ready", percent=100.0, identity_ref=job_id, training_seconds=0.0, cost_usd=0.0)
 
     def arguments(self, request: ShotRequest) -> dict[str, Any]:
@@ -93,9 +98,9 @@ class FalInstantCharacter(FalAdapter[FalSettings]):
         queue = self.queue()
         if not request.references:
             raise PermanentProviderError("A shot needs at least one reference image.")
-        if request.identity_ref != identity_for([reference.ref.sha256 for reference in request.references]):
+        if request.identity_ref != identity_for([reference.ref.sha256 for reference in request.references], self.name):
             raise PermanentProviderError(
-                f"{request.identity_ref!r} is not the {PROVIDER_NAME} identity of these references; rebuild it."
+                f"{request.identity_ref!r} is not the {self.name} identity of these references; rebuild it."
             )
         return await queue.generate_image(self._settings.model, self.arguments(request), on_progress)
 
