@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infra import report
+from infra.fakes import FAKED_PROVIDERS
 from infra.processes import ServiceSet
 from infra.sample import SAMPLE_NAME, demo_shots, sample_reference_png
 from infra.stack import EmbeddedStack
@@ -33,22 +34,7 @@ DEMO_SIM_ENV = {
 }
 
 
-DEMO_PROVIDERS = ("sim", "fal-instant-character", "fal-flux-lora", "fal-flux-redux")
-FAKE_FAL_NOTICE = (
-    "the fal providers use a FAKE fal server on loopback (simulated): it speaks fal's queue API, "
-    "but its images are the reference transformed, not fal.ai output, and no request left this machine"
-)
-
-
-def fake_fal_env(queue_url: str, key: str) -> dict[str, str]:
-    """Settings that point the services at a fake fal server and offer the fal providers beside `sim`."""
-    return {
-        "LIKENESS_PROVIDER_ADAPTER_FAL_KEY": key,
-        "LIKENESS_PROVIDER_ADAPTER_FAL_QUEUE_URL": queue_url,
-        "LIKENESS_PROVIDER_ADAPTER_FAL_POLL_S": "0.1",
-        "LIKENESS_PROVIDER_ADAPTER_FAL_POLL_MAX_S": "0.5",
-        "LIKENESS_GATEWAY_PROVIDERS": ",".join(DEMO_PROVIDERS),
-    }
+DEMO_PROVIDERS = ("sim", *FAKED_PROVIDERS)
 
 
 @dataclass(frozen=True)
@@ -188,13 +174,11 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0, p
         }
         source, notice = "the offline simulator", None
         if provider != "sim":
-            from infra.fakes.fal import FalFake  # numpy, matplotlib, uvicorn: only when the fake is wanted
-            from infra.fakes.server import LoopbackServer
+            from infra.fakes.fleet import fake_fleet  # numpy, uvicorn, the fakes: only when they are wanted
 
-            fake = FalFake(api_key=f"demo-{secrets.token_hex(4)}:{secrets.token_hex(16)}")
-            fal_url = fakes.enter_context(LoopbackServer(fake.app, name="fal"))
-            env.update(fake_fal_env(fal_url, fake.api_key))
-            source, notice = f"the FAKE fal server on {fal_url} (simulated, not fal.ai)", FAKE_FAL_NOTICE
+            fleet = fakes.enter_context(fake_fleet())
+            env.update(fleet.env())
+            source, notice = f"{provider} on a FAKE server (simulated, not the provider)", fleet.notice(provider)
             console.print(f"[bold yellow]{notice}[/bold yellow]")
         services = ServiceSet(data_dir, env)
         exit_codes: dict[str, int | None] = {}
@@ -209,7 +193,11 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0, p
             for params in shots:
                 client.request_shot(character_id, params.model_dump(mode="json"))
             console.print(f"character {character_id}: {len(shots)} shots requested from {source}")
-            labels = {"sim": "identity (simulated)", "fal-flux-lora": "identity (LoRA training, fake fal)"}
+            labels = {
+                "sim": "identity (simulated)",
+                "fal-flux-lora": "identity (LoRA training, fake fal)",
+                "astria-tune": "identity (fine-tune, fake Astria)",
+            }
             label = labels.get(provider, "identity (instant)")
             follow_progress(client, character_id, len(shots), console, timeout_s, label)
             memory = service_memory_mb(services.pids())

@@ -15,12 +15,12 @@ from infra.stack.ports import LOOPBACK, free_port
 class LoopbackServer:
     """uvicorn in a daemon thread, bound to loopback only. `with LoopbackServer(app) as url: ...`."""
 
-    def __init__(self, app: ASGIApp, *, name: str) -> None:
+    def __init__(self, app: ASGIApp, *, name: str, ws: str = "none") -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         config = uvicorn.Config(
-            app, host=LOOPBACK, port=self.port, log_level="warning", access_log=False, lifespan="off", ws="none"
+            app, host=LOOPBACK, port=self.port, log_level="warning", access_log=False, lifespan="off", ws=ws
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"fake-{name}", daemon=True)

@@ -11,7 +11,7 @@ from faststream import FastStream
 from infra.runtime import Runtime, worker_app
 from infra.settings import InfraSettings
 from services.provider_adapter.ports import Provider
-from services.provider_adapter.providers import fal_flux_lora, fal_redux
+from services.provider_adapter.providers import astria, comfyui, fal_flux_lora, fal_redux, leonardo
 from services.provider_adapter.providers.fal import MODEL, PROVIDER_NAME, FalSettings, fal_provider
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim import SimProvider, SimSettings
@@ -78,6 +78,68 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
         redux = replace(fal, model=fal_redux.MODEL, usd_per_megapixel=settings.fal_prices[fal_redux.MODEL])
         providers[fal_redux.PROVIDER_NAME] = fal_redux.redux_provider(
             redux, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings)
+        )
+    leonardo_settings = leonardo.LeonardoSettings(
+        api_key=settings.leonardo_api_key,
+        base_url=settings.leonardo_base_url,
+        model_id=settings.leonardo_model_id,
+        preprocessor_id=settings.leonardo_preprocessor_id,
+        strength=settings.leonardo_strength,
+        credits_per_image=settings.leonardo_credits_per_image,
+        usd_per_api_credit=settings.leonardo_usd_per_api_credit,
+        poll_s=settings.leonardo_poll_s,
+        poll_max_s=max(settings.leonardo_poll_s, settings.leonardo_poll_max_s),
+        timeout_s=settings.leonardo_timeout_s,
+    )
+    if leonardo_settings.configured:
+        client = client or http_client(settings)
+        providers[leonardo.PROVIDER_NAME] = leonardo.leonardo_provider(
+            leonardo_settings, client, concurrency=settings.leonardo_concurrency, retry=retry_policy(settings)
+        )
+    astria_settings = astria.AstriaSettings(
+        api_key=settings.astria_api_key,
+        base_url=settings.astria_base_url,
+        base_tune_id=settings.astria_base_tune_id,
+        model_type=settings.astria_model_type,
+        class_name=settings.astria_class_name,
+        trigger_word=settings.astria_trigger_word,
+        preset=settings.astria_preset,
+        usd_per_tune=settings.astria_usd_per_tune,
+        usd_per_image=settings.astria_usd_per_image,
+        poll_s=settings.astria_poll_s,
+        poll_max_s=max(settings.astria_poll_s, settings.astria_poll_max_s),
+        timeout_s=settings.astria_timeout_s,
+        training_timeout_s=settings.astria_training_timeout_s,
+    )
+    if astria_settings.configured:
+        client = client or http_client(settings)
+        providers[astria.PROVIDER_NAME] = astria.astria_provider(
+            astria_settings, client, concurrency=settings.astria_concurrency, retry=retry_policy(settings)
+        )
+    comfy = comfyui.ComfyUISettings(
+        base_url=settings.comfyui_url,
+        token=settings.comfyui_token,
+        ipadapter_checkpoint=settings.comfyui_ipadapter_checkpoint,
+        ipadapter_preset=settings.comfyui_ipadapter_preset,
+        instantid_checkpoint=settings.comfyui_instantid_checkpoint,
+        instantid_model=settings.comfyui_instantid_model,
+        instantid_controlnet=settings.comfyui_instantid_controlnet,
+        face_analysis_provider=settings.comfyui_face_analysis_provider,
+        reference_only_checkpoint=settings.comfyui_reference_only_checkpoint,
+        sampler=settings.comfyui_sampler,
+        scheduler=settings.comfyui_scheduler,
+        usd_per_gpu_second=settings.comfyui_usd_per_gpu_second,
+        poll_s=settings.comfyui_poll_s,
+        poll_max_s=max(settings.comfyui_poll_s, settings.comfyui_poll_max_s),
+        timeout_s=settings.comfyui_timeout_s,
+        ws_connect_s=settings.comfyui_ws_connect_s,
+    )
+    if comfy.configured:
+        client = client or http_client(settings)
+        providers.update(
+            comfyui.comfyui_providers(
+                comfy, client, concurrency=settings.comfyui_concurrency, retry=retry_policy(settings)
+            )
         )
     return providers
 

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.provider_adapter.providers import astria, leonardo
 
 # fal's list prices, USD per megapixel of output, by model (provider-contracts.md section 1, read
 # on FAL_PRICES_AS_OF). Prices change: check fal.ai/pricing and override LIKENESS_PROVIDER_ADAPTER_FAL_PRICES.
@@ -61,7 +65,96 @@ class ProviderAdapterSettings(BaseSettings):
         description=f"fal-flux-lora training price per run; disputed (about $2 as of {FAL_PRICES_AS_OF}).",
     )
 
-    @field_validator("fal_key", mode="before")
+    leonardo_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_LEONARDO_API_KEY", "LEONARDO_API_KEY"),
+        description="Leonardo.ai API key; leonardo-character-reference is offered only when set.",
+    )
+    leonardo_base_url: str = Field(default=leonardo.BASE_URL, description="Leonardo's REST base (a fake's in tests).")
+    leonardo_model_id: str = Field(default=leonardo.KINO_XL, description="An SDXL model (Leonardo Kino XL).")
+    leonardo_preprocessor_id: int = Field(
+        default=leonardo.CHARACTER_REFERENCE_SDXL,
+        description="Character Reference: 133 on SDXL, 397 on Phoenix (unverified).",
+    )
+    leonardo_strength: Literal["Low", "Mid", "High"] = "High"
+    leonardo_concurrency: int = Field(default=4, ge=1, le=10, description="Leonardo allows 10 jobs at once.")
+    leonardo_poll_s: float = Field(default=1.0, gt=0)
+    leonardo_poll_max_s: float = Field(default=5.0, gt=0)
+    leonardo_timeout_s: float = Field(default=300.0, gt=0)
+    leonardo_credits_per_image: float = Field(
+        default=leonardo.CREDITS_PER_IMAGE, ge=0, description="Used only when a submit reports no apiCreditCost."
+    )
+    leonardo_usd_per_api_credit: float = Field(
+        default=leonardo.USD_PER_API_CREDIT,
+        ge=0,
+        description=f"UNVERIFIED estimate as of {leonardo.LEONARDO_PRICES_AS_OF}.",
+    )
+    leonardo_webhook_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_LEONARDO_WEBHOOK_KEY", "LEONARDO_WEBHOOK_KEY"),
+        description="The callback key set on the Leonardo API key (webhooks, not wired yet).",
+    )
+
+    astria_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_ASTRIA_API_KEY", "ASTRIA_API_KEY"),
+        description="Astria API key (sd_...); astria-tune is offered only when set.",
+    )
+    astria_base_url: str = Field(default=astria.BASE_URL, description="Astria's API (a fake's in tests).")
+    astria_base_tune_id: int = Field(default=astria.FLUX1_DEV, description="Gallery base tune (1504944: Flux1.dev).")
+    astria_model_type: Literal["lora", "pti", "faceid", "checkpoint"] = "lora"
+    astria_class_name: str = Field(default="person", description="Astria's tune name: man, woman, person, ...")
+    astria_trigger_word: str = Field(default="ohwx", description="The tune's token, named in every prompt.")
+    astria_preset: str | None = Field(default=None, description="e.g. flux-lora-portrait; None: Astria's default.")
+    astria_concurrency: int = Field(default=2, ge=1, description="Astria jobs in flight at once (no published limit).")
+    astria_usd_per_tune: float = Field(
+        default=astria.USD_PER_TUNE, ge=0, description=f"UNVERIFIED, stale snapshot of {astria.ASTRIA_PRICES_AS_OF}."
+    )
+    astria_usd_per_image: float = Field(
+        default=astria.USD_PER_IMAGE,
+        ge=0,
+        description=f"UNVERIFIED, stale snapshot as of {astria.ASTRIA_PRICES_AS_OF}.",
+    )
+    astria_poll_s: float = Field(default=2.0, gt=0)
+    astria_poll_max_s: float = Field(default=15.0, gt=0)
+    astria_timeout_s: float = Field(default=600.0, gt=0, description="One prompt, submit to images.")
+    astria_training_timeout_s: float = Field(default=14400.0, gt=0, description="A tune untrained by then fails.")
+
+    comfyui_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_COMFYUI_URL", "COMFYUI_URL"),
+        description="A self-hosted ComfyUI (http://host:8188); the comfyui-* providers are offered only when set.",
+    )
+    comfyui_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_COMFYUI_TOKEN", "COMFYUI_TOKEN"),
+        description="Bearer token for a proxy in front of ComfyUI (ComfyUI itself has no auth).",
+    )
+    comfyui_concurrency: int = Field(default=2, ge=1, description="Prompts in flight (ComfyUI runs one at a time).")
+    comfyui_ipadapter_checkpoint: str = "sd_xl_base_1.0.safetensors"
+    comfyui_ipadapter_preset: str = "PLUS FACE (portraits)"
+    comfyui_instantid_checkpoint: str = "sd_xl_base_1.0.safetensors"
+    comfyui_instantid_model: str = "ip-adapter.bin"
+    comfyui_instantid_controlnet: str = "instantid/diffusion_pytorch_model.safetensors"
+    comfyui_face_analysis_provider: str = "CPU"
+    comfyui_reference_only_checkpoint: str = "sd_xl_base_1.0.safetensors"
+    comfyui_sampler: str = "dpmpp_2m"
+    comfyui_scheduler: str = "karras"
+    comfyui_usd_per_gpu_second: float = Field(default=0.0, ge=0, description="0: self-hosted shots are free.")
+    comfyui_poll_s: float = Field(default=0.5, gt=0)
+    comfyui_poll_max_s: float = Field(default=3.0, gt=0)
+    comfyui_timeout_s: float = Field(default=600.0, gt=0)
+    comfyui_ws_connect_s: float = Field(default=5.0, gt=0)
+
+    @field_validator(
+        "fal_key",
+        "leonardo_api_key",
+        "leonardo_webhook_key",
+        "astria_api_key",
+        "comfyui_url",
+        "comfyui_token",
+        mode="before",
+    )
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -74,7 +167,7 @@ class ProviderAdapterSettings(BaseSettings):
             raise ValueError(f"needs a price of zero or more for each of {sorted(FAL_PRICES)}, got {value}")
         return value
 
-    @field_validator("fal_queue_url")
+    @field_validator("fal_queue_url", "leonardo_base_url", "astria_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("https://", "http://")) or len(value.rstrip("/")) <= len("https://"):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.demo import DEMO_SIM_ENV, GatewayClient, fake_fal_env
+from infra.demo import DEMO_SIM_ENV, GatewayClient
 from infra.fakes.fal import FalFake
-from infra.fakes.server import LoopbackServer
+from infra.fakes.fleet import FakeFleet, fake_fleet
 from infra.processes import ServiceSet
 from infra.stack import StackEndpoints
 from infra.stack.ports import free_port
@@ -24,29 +24,32 @@ class RunningSystem:
     client: GatewayClient
     other_tenant: GatewayClient
     base_url: str
-    fal: FalFake  # the fake fal server behind provider "fal-instant-character"
+    fakes: FakeFleet  # every provider's loopback fake
+
+    @property
+    def fal(self) -> FalFake:
+        return self.fakes.fal
 
 
 @pytest.fixture(scope="session")
-def fake_fal() -> Iterator[tuple[FalFake, str]]:
-    """The loopback fake of fal's queue API, and its URL, for the whole session."""
-    fake = FalFake(api_key=f"e2e-{secrets.token_hex(4)}:{secrets.token_hex(16)}")
-    with LoopbackServer(fake.app, name="fal") as url:
-        yield fake, url
+def fakes() -> Iterator[FakeFleet]:
+    """Every provider's loopback fake, for the whole session."""
+    with fake_fleet() as fleet:
+        yield fleet
 
 
 @pytest.fixture(scope="session")
 def system(
-    tmp_path_factory: pytest.TempPathFactory, stack_endpoints: StackEndpoints, fake_fal: tuple[FalFake, str]
+    tmp_path_factory: pytest.TempPathFactory, stack_endpoints: StackEndpoints, fakes: FakeFleet
 ) -> Iterator[RunningSystem]:
-    """The four services as processes on the session's stack, with two tenants' keys; `sim` and fake fal."""
+    """The four services as processes on the session's stack, with two tenants' keys; `sim` and every fake."""
     data_dir: Path = tmp_path_factory.mktemp("e2e")
     key, other_key = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     port = free_port()
     env = {
         **stack_endpoints.env(),
         **DEMO_SIM_ENV,
-        **fake_fal_env(fake_fal[1], fake_fal[0].api_key),
+        **fakes.env(),
         "LIKENESS_PROVIDER_ADAPTER_SIM_LATENCY_MS": "150",
         "LIKENESS_PROVIDER_ADAPTER_SIM_IDENTITY_SECONDS": "0.5",
         "LIKENESS_GATEWAY_PORT": str(port),
@@ -57,7 +60,7 @@ def system(
         services.start_all()
         base_url = f"http://127.0.0.1:{port}"
         client, other = GatewayClient(base_url, key), GatewayClient(base_url, other_key)
-        yield RunningSystem(stack_endpoints, services, client, other, base_url, fake_fal[0])
+        yield RunningSystem(stack_endpoints, services, client, other, base_url, fakes)
         client.close()
         other.close()
     finally:

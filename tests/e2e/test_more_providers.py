@@ -1,0 +1,43 @@
+"""Astria and the three ComfyUI workflows end to end: every service a process, each provider played by its fake."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import RunningSystem
+from tests.e2e.test_sample_character import score_rows_per_shot, submit_sample, wait_completed
+
+pytestmark = pytest.mark.e2e
+
+
+def test_an_astria_character_is_tuned_once_and_gets_fifteen_scored_shots(system: RunningSystem) -> None:
+    fake = system.fakes.astria
+    tunes_before, prompts_before = fake.tunes_created, fake.prompts_created
+
+    character = wait_completed(system, submit_sample(system, provider="astria-tune"))
+
+    identity = character["identity"]
+    assert (character["provider"], identity["state"]) == ("astria-tune", "ready")
+    assert identity["cost_usd"] == pytest.approx(1.5)  # the tune's (stale, unverified) list price
+    shots = character["shots"]
+    assert [shot["status"] for shot in shots] == ["scored"] * 15
+    assert set(score_rows_per_shot(system, character["character_id"]).values()) == {1}
+    assert [shot["score"]["verdict"] for shot in shots] == ["same"] * 15
+    assert all(shot["cost_usd"] == pytest.approx(0.10) and shot["simulation"]["simulated"] for shot in shots)
+    assert (fake.tunes_created - tunes_before, fake.prompts_created - prompts_before) == (1, 15)
+
+
+@pytest.mark.parametrize("provider", ["comfyui-ipadapter", "comfyui-instantid", "comfyui-reference-only"])
+def test_a_comfyui_workflow_character_gets_fifteen_scored_shots(system: RunningSystem, provider: str) -> None:
+    fake = system.fakes.comfyui
+    accepted_before = fake.accepted
+
+    character = wait_completed(system, submit_sample(system, provider=provider))
+
+    assert (character["provider"], character["identity"]["state"]) == (provider, "ready")
+    shots = character["shots"]
+    assert [shot["status"] for shot in shots] == ["scored"] * 15
+    assert set(score_rows_per_shot(system, character["character_id"]).values()) == {1}
+    assert [shot["score"]["verdict"] for shot in shots] == ["same"] * 15
+    assert all(shot["cost_usd"] == 0.0 and shot["simulation"]["simulated"] for shot in shots)
+    assert fake.accepted - accepted_before == 15
