@@ -197,6 +197,7 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0, p
                 "sim": "identity (simulated)",
                 "fal-flux-lora": "identity (LoRA training, fake fal)",
                 "astria-tune": "identity (fine-tune, fake Astria)",
+                "replicate-flux-lora": "identity (LoRA training, fake Replicate)",
             }
             label = labels.get(provider, "identity (instant)")
             follow_progress(client, character_id, len(shots), console, timeout_s, label)

@@ -9,6 +9,7 @@ FAKED_PROVIDERS: Final = {
     "fal-flux-redux": "fal",
     "leonardo-character-reference": "leonardo",
     "astria-tune": "astria",
+    "replicate-flux-lora": "replicate",
     "comfyui-ipadapter": "comfyui",
     "comfyui-instantid": "comfyui",
     "comfyui-reference-only": "comfyui",

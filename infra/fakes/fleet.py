@@ -19,6 +19,7 @@ from infra.fakes.comfyui import ComfyUIFake
 from infra.fakes.fal import FalFake
 from infra.fakes.leonardo import API_PREFIX as LEONARDO_PREFIX
 from infra.fakes.leonardo import LeonardoFake
+from infra.fakes.replicate import ReplicateFake
 from infra.fakes.server import LoopbackServer
 
 _PREFIX: Final = "LIKENESS_PROVIDER_ADAPTER_"
@@ -30,6 +31,7 @@ class FakeFleet:
     leonardo: LeonardoFake
     astria: AstriaFake
     comfyui: ComfyUIFake
+    replicate: ReplicateFake
     urls: dict[str, str]  # fake name: its loopback URL
 
     def env(self) -> dict[str, str]:
@@ -47,6 +49,12 @@ class FakeFleet:
             f"{_PREFIX}ASTRIA_BASE_URL": self.urls["astria"],
             f"{_PREFIX}ASTRIA_POLL_S": "0.1",
             f"{_PREFIX}ASTRIA_POLL_MAX_S": "0.5",
+            f"{_PREFIX}REPLICATE_API_TOKEN": self.replicate.api_token,
+            f"{_PREFIX}REPLICATE_BASE_URL": self.urls["replicate"],
+            f"{_PREFIX}REPLICATE_DESTINATION_OWNER": "likeness",
+            f"{_PREFIX}REPLICATE_DESTINATION_MODEL": "characters",  # a destination the fake knows
+            f"{_PREFIX}REPLICATE_POLL_S": "0.1",
+            f"{_PREFIX}REPLICATE_POLL_MAX_S": "0.5",
             f"{_PREFIX}COMFYUI_URL": self.urls["comfyui"],
             f"{_PREFIX}COMFYUI_POLL_S": "0.1",
             f"{_PREFIX}COMFYUI_POLL_MAX_S": "0.5",
@@ -71,11 +79,13 @@ def fake_fleet() -> Iterator[FakeFleet]:
     """Start every fake on a free loopback port (threads in this process); stop them on exit."""
     fal, leonardo = FalFake(api_key=_key("fal")), LeonardoFake(api_key=_key("leonardo"))
     astria, comfyui = AstriaFake(api_key=_key("astria")), ComfyUIFake()
+    replicate = ReplicateFake(api_token=_key("replicate"))
     with ExitStack() as servers:
         urls = {
             "fal": servers.enter_context(LoopbackServer(fal.app, name="fal")),
             "leonardo": servers.enter_context(LoopbackServer(leonardo.app, name="leonardo")),
             "astria": servers.enter_context(LoopbackServer(astria.app, name="astria")),
             "comfyui": servers.enter_context(LoopbackServer(comfyui.app, name="comfyui", ws="websockets-sansio")),
+            "replicate": servers.enter_context(LoopbackServer(replicate.app, name="replicate")),
         }
-        yield FakeFleet(fal, leonardo, astria, comfyui, urls)
+        yield FakeFleet(fal, leonardo, astria, comfyui, replicate, urls)

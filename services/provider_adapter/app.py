@@ -11,7 +11,7 @@ from faststream import FastStream
 from infra.runtime import Runtime, worker_app
 from infra.settings import InfraSettings
 from services.provider_adapter.ports import Provider
-from services.provider_adapter.providers import astria, comfyui, fal_flux_lora, fal_redux, leonardo
+from services.provider_adapter.providers import astria, comfyui, fal_flux_lora, fal_redux, leonardo, replicate
 from services.provider_adapter.providers.fal import MODEL, PROVIDER_NAME, FalSettings, fal_provider
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim import SimProvider, SimSettings
@@ -115,6 +115,27 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
         client = client or http_client(settings)
         providers[astria.PROVIDER_NAME] = astria.astria_provider(
             astria_settings, client, concurrency=settings.astria_concurrency, retry=retry_policy(settings)
+        )
+    replicate_settings = replicate.ReplicateSettings(
+        token=settings.replicate_api_token,
+        base_url=settings.replicate_base_url,
+        trainer_owner=settings.replicate_trainer_owner,
+        trainer_model=settings.replicate_trainer_model,
+        trainer_version=settings.replicate_trainer_version,
+        destination_owner=settings.replicate_destination_owner,
+        destination_model=settings.replicate_destination_model,
+        training_steps=settings.replicate_training_steps,
+        usd_per_gpu_second=settings.replicate_usd_per_gpu_second,
+        training_usd_per_run=settings.replicate_training_usd_per_run,
+        usd_per_image=settings.replicate_usd_per_image,
+        poll_s=settings.replicate_poll_s,
+        poll_max_s=max(settings.replicate_poll_s, settings.replicate_poll_max_s),
+        timeout_s=settings.replicate_timeout_s,
+    )
+    if replicate_settings.configured:
+        client = client or http_client(settings)
+        providers[replicate.PROVIDER_NAME] = replicate.replicate_provider(
+            replicate_settings, client, concurrency=settings.replicate_concurrency, retry=retry_policy(settings)
         )
     comfy = comfyui.ComfyUISettings(
         base_url=settings.comfyui_url,

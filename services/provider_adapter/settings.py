@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.provider_adapter.providers import astria, leonardo
+from services.provider_adapter.providers import astria, leonardo, replicate
 
 # fal's list prices, USD per megapixel of output, by model (provider-contracts.md section 1, read
 # on FAL_PRICES_AS_OF). Prices change: check fal.ai/pricing and override LIKENESS_PROVIDER_ADAPTER_FAL_PRICES.
@@ -120,6 +120,39 @@ class ProviderAdapterSettings(BaseSettings):
     astria_timeout_s: float = Field(default=600.0, gt=0, description="One prompt, submit to images.")
     astria_training_timeout_s: float = Field(default=14400.0, gt=0, description="A tune untrained by then fails.")
 
+    replicate_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_REPLICATE_API_TOKEN", "REPLICATE_API_TOKEN"),
+        description="Replicate API token (r8_...); replicate-flux-lora is offered only when set with a destination.",
+    )
+    replicate_base_url: str = Field(default=replicate.BASE_URL, description="Replicate's API (a fake's in tests).")
+    replicate_trainer_owner: str = "ostris"
+    replicate_trainer_model: str = "flux-dev-lora-trainer"
+    replicate_trainer_version: str = Field(
+        default=replicate.TRAINER_VERSION, description="UNVERIFIED: check the trainer's page."
+    )
+    replicate_destination_owner: str = Field(default="", description="Your Replicate user or organisation.")
+    replicate_destination_model: str = Field(default="", description="An existing model trainings push versions to.")
+    replicate_training_steps: int = Field(default=1000, ge=3, le=6000)
+    replicate_usd_per_gpu_second: float = Field(
+        default=replicate.USD_PER_H100_SECOND, ge=0, description=f"H100, as of {replicate.REPLICATE_PRICES_AS_OF}."
+    )
+    replicate_training_usd_per_run: float = Field(
+        default=replicate.TRAINING_USD_PER_RUN, ge=0, description="Estimate, used only when a training reports no time."
+    )
+    replicate_usd_per_image: float = Field(
+        default=replicate.USD_PER_IMAGE, ge=0, description="Estimate, used only when a prediction has no predict_time."
+    )
+    replicate_webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_REPLICATE_WEBHOOK_SECRET", "REPLICATE_WEBHOOK_SECRET"),
+        description="whsec_... from GET /v1/webhooks/default/secret (webhooks, not routed yet).",
+    )
+    replicate_concurrency: int = Field(default=4, ge=1)
+    replicate_poll_s: float = Field(default=1.0, gt=0)
+    replicate_poll_max_s: float = Field(default=5.0, gt=0)
+    replicate_timeout_s: float = Field(default=300.0, gt=0, description="One shot; a prediction not done is cancelled.")
+
     comfyui_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_COMFYUI_URL", "COMFYUI_URL"),
@@ -167,7 +200,7 @@ class ProviderAdapterSettings(BaseSettings):
             raise ValueError(f"needs a price of zero or more for each of {sorted(FAL_PRICES)}, got {value}")
         return value
 
-    @field_validator("fal_queue_url", "leonardo_base_url", "astria_base_url")
+    @field_validator("fal_queue_url", "leonardo_base_url", "astria_base_url", "replicate_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("https://", "http://")) or len(value.rstrip("/")) <= len("https://"):

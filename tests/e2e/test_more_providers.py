@@ -1,4 +1,4 @@
-"""Astria and the three ComfyUI workflows end to end: every service a process, each provider played by its fake."""
+"""Astria, Replicate and the three ComfyUI workflows end to end: every service a process, each provider faked."""
 
 from __future__ import annotations
 
@@ -41,3 +41,21 @@ def test_a_comfyui_workflow_character_gets_fifteen_scored_shots(system: RunningS
     assert [shot["score"]["verdict"] for shot in shots] == ["same"] * 15
     assert all(shot["cost_usd"] == 0.0 and shot["simulation"]["simulated"] for shot in shots)
     assert fake.accepted - accepted_before == 15
+
+
+def test_a_replicate_character_trains_once_and_gets_fifteen_scored_shots(system: RunningSystem) -> None:
+    fake = system.fakes.replicate
+    trainings_before = fake.training_submits
+
+    character = wait_completed(system, submit_sample(system, provider="replicate-flux-lora"))
+
+    identity = character["identity"]
+    assert (character["provider"], identity["state"]) == ("replicate-flux-lora", "ready")
+    assert identity["identity_ref"].startswith("replicate-flux-lora:")
+    assert identity["cost_usd"] > 0  # the training's GPU seconds at the H100 rate
+    shots = character["shots"]
+    assert [shot["status"] for shot in shots] == ["scored"] * 15
+    assert set(score_rows_per_shot(system, character["character_id"]).values()) == {1}
+    assert [shot["score"]["verdict"] for shot in shots] == ["same"] * 15
+    assert all(shot["simulation"]["simulated"] for shot in shots)
+    assert fake.training_submits - trainings_before == 1
