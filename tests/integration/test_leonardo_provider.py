@@ -238,7 +238,7 @@ async def test_a_failed_generation_is_a_transient_failure_the_job_retries(leonar
 
 async def test_an_upload_that_is_not_an_image_is_refused_for_good(leonardo: LeonardoServer) -> None:
     adapter = provider(leonardo)
-    with pytest.raises(PermanentProviderError, match=r"reference upload refused .*HTTP 400.*not an image"):
+    with pytest.raises(PermanentProviderError, match=r"refused reference upload .*HTTP 400.*not an image"):
         await identity(adapter, reference(b"\x89PNG\r\n\x1a\n not really a png"))
     assert leonardo.fake.uploads == 0
 

@@ -17,6 +17,7 @@ from services.provider_adapter.providers.http import (
     REDACTED,
     ProviderHttp,
     ProviderKeyAuth,
+    ProviderRefused,
     RetryPolicy,
     describe_error,
     retry_after_s,
@@ -176,3 +177,28 @@ async def test_a_provider_echoing_the_key_back_is_redacted_in_errors_and_logs(ca
     assert KEY not in all_text(raised.value)
     assert KEY not in caplog.text
     assert "retry 1 of 3" in caplog.text
+
+
+async def test_a_multipart_call_is_retried_whole_and_an_unauthenticated_one_carries_no_key() -> None:
+    handler, seen = answers(httpx.Response(503), httpx.Response(204))
+    http = provider_http(handler, RecordingSleep())
+    files = {"file": ("ref.png", b"\x89PNG fake bytes", "image/png")}
+
+    await http.call("POST", f"{QUEUE}/upload", what="upload", data={"key": "k1"}, files=files, authenticated=False)
+
+    assert len(seen) == 2  # the 503 was retried with the same body
+    for request in seen:
+        body = request.read()
+        assert b'name="key"' in body
+        assert b"\x89PNG fake bytes" in body
+        assert "Authorization" not in request.headers  # not even to the key's own origin
+
+
+async def test_a_refusal_keeps_the_response_for_its_body() -> None:
+    handler, _ = answers(httpx.Response(400, json={"node_errors": {"3": "missing input"}}))
+    http = provider_http(handler, RecordingSleep())
+    with pytest.raises(ProviderRefused) as refused:
+        await http.call("POST", f"{QUEUE}/prompt", what="prompt", json={}, params={"client_id": "c1"})
+    assert refused.value.response.json() == {"node_errors": {"3": "missing input"}}
+    assert refused.value.response.request.url.params["client_id"] == "c1"
+    assert isinstance(refused.value, PermanentProviderError)

@@ -21,7 +21,6 @@ ComfyUI has no auth; `token` (a bearer token) is for a proxy in front of it, and
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import random
@@ -31,7 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import httpx
 from pydantic import SecretStr
@@ -59,6 +58,7 @@ from services.provider_adapter.providers.http import (
     Clock,
     ProviderHttp,
     ProviderKeyAuth,
+    ProviderRefused,
     RetryPolicy,
     Sleep,
 )
@@ -306,27 +306,6 @@ class _Refused(PermanentProviderError):
         self.response = response
 
 
-class _Exchange:
-    """Stands in for the client in one `ProviderHttp.call`: adds a multipart body, keeps the last response.
-
-    `ProviderHttp.call` sends JSON bodies only and drops refused responses; ComfyUI's upload is multipart
-    and its 400s carry node_errors, so this wraps the client for one call and keeps its retry policy.
-    """
-
-    def __init__(self, client: httpx.AsyncClient, files: Mapping[str, Any] | None, data: Mapping[str, str] | None):
-        self._client = client
-        self._files = files
-        self._data = data
-        self.response: httpx.Response | None = None
-
-    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        if self._files is not None:
-            kwargs.pop("json", None)
-            kwargs.update(files=self._files, data=self._data)
-        self.response = await self._client.request(method, url, **kwargs)
-        return self.response
-
-
 @dataclass(frozen=True)
 class _Finished:
     """A prompt ComfyUI finished: its /history entry."""
@@ -376,14 +355,13 @@ class ComfyUIClient:
         data: Mapping[str, str] | None = None,
         retries: int | None = None,
     ) -> httpx.Response:
-        url = str(httpx.URL(f"{self.settings.url}{path}", params=params))
-        exchange = _Exchange(self.http.client, files, data)
-        http = copy.copy(self.http)  # shares the slots, auth and retry policy; only the client differs
-        http.client = cast(httpx.AsyncClient, exchange)
+        url = f"{self.settings.url}{path}"
         try:
-            return await http.call(method, url, what=what, json=json_body, retries=retries)
-        except PermanentProviderError as error:
-            raise _Refused(str(error), exchange.response) from None
+            return await self.http.call(
+                method, url, what=what, json=json_body, params=params, files=files, data=data, retries=retries
+            )
+        except ProviderRefused as refused:
+            raise _Refused(str(refused), refused.response) from None
 
     async def has_input(self, name: str) -> bool:
         try:

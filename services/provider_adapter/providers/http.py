@@ -157,6 +157,17 @@ def _clip(text: str) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
 
 
+_NO_AUTH: Final = httpx.Auth()  # sends the request as it is
+
+
+class ProviderRefused(PermanentProviderError):
+    """A provider answered 4xx (not 429): retrying cannot help. `response` is kept for its body."""
+
+    def __init__(self, message: str, response: httpx.Response) -> None:
+        super().__init__(message)
+        self.response = response
+
+
 class ProviderHttp:
     """One provider's HTTP calls: an injected client, its key, in-call retries and a concurrency cap.
 
@@ -200,12 +211,18 @@ class ProviderHttp:
         *,
         what: str,
         json: Any = None,
+        params: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+        files: Mapping[str, Any] | None = None,
+        authenticated: bool = True,
         retries: int | None = None,
         follow_redirects: bool = False,
     ) -> httpx.Response:
-        """One logical call; a 2xx response, or PermanentProviderError / TransientProviderError.
+        """One logical call; a 2xx response, or ProviderRefused (a 4xx) / TransientProviderError.
 
-        `what` names the call in messages ("submit", "status"); `retries` overrides the policy's.
+        `what` names the call in messages ("submit", "status"); `retries` overrides the policy's. A
+        multipart body is `data` (form fields) plus `files`. `authenticated=False` sends no key at all,
+        whatever the URL (a presigned upload to someone else's storage).
         """
         allowed = self.retry.retries if retries is None else retries
         tries = allowed + 1
@@ -213,7 +230,14 @@ class ProviderHttp:
         for attempt in range(1, tries + 1):
             try:
                 response = await self.client.request(
-                    method, url, json=json, auth=self.auth, follow_redirects=follow_redirects
+                    method,
+                    url,
+                    json=json,
+                    params=params,
+                    data=data,
+                    files=files,
+                    auth=self.auth if authenticated else _NO_AUTH,
+                    follow_redirects=follow_redirects,
                 )
             except httpx.TimeoutException as error:
                 failure, wait_hint = f"timed out ({type(error).__name__})", None
@@ -232,7 +256,7 @@ class ProviderHttp:
                             retry_after_s=wait_hint,
                         )
                 elif response.status_code < 500:
-                    raise PermanentProviderError(self._refusal(what, response.status_code, failure))
+                    raise ProviderRefused(self._refusal(what, response.status_code, failure), response)
             if attempt < tries:
                 delay = self.retry.backoff_s(attempt, self._draw())
                 delay = max(delay, wait_hint) if wait_hint is not None else delay

@@ -68,10 +68,9 @@ from services.provider_adapter.providers.http import (
     Clock,
     ProviderHttp,
     ProviderKeyAuth,
+    ProviderRefused,
     RetryPolicy,
     Sleep,
-    describe_error,
-    retry_after_s,
 )
 
 log = logging.getLogger(__name__)
@@ -109,7 +108,6 @@ SIZES: Final[Mapping[AspectRatio, tuple[int, int]]] = MappingProxyType(
 _EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType(
     {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
 )
-_NO_AUTH: Final = httpx.Auth()
 _IDENTITY = re.compile(r"^(?P<provider>[a-z0-9-]+):(?P<init_image_id>[A-Za-z0-9][A-Za-z0-9_-]{0,127})$")
 
 
@@ -315,37 +313,14 @@ class LeonardoCharacterReference:
             raise TransientProviderError("Leonardo's init-image answer has no form fields (not a JSON object).")
         form = {str(name): str(value) for name, value in fields.items()}
         files = {"file": (f"reference.{extension}", data, content_type)}
-        policy = http.retry
-        failure, wait_hint = "", None
-        for attempt in range(1, policy.retries + 2):
-            try:
-                # No auth at all (httpx.Auth() sends the request as it is): the key is Leonardo's, not S3's.
-                response = await http.client.post(upload.url, data=form, files=files, auth=_NO_AUTH)
-            except httpx.TimeoutException as error:
-                failure, wait_hint = f"timed out ({type(error).__name__})", None
-            except httpx.TransportError as error:
-                failure, wait_hint = f"connection failed ({type(error).__name__})", None
-            else:
-                if response.is_success:
-                    return
-                failure = f"HTTP {response.status_code}: {describe_error(response, http.auth.redact)}"
-                wait_hint = retry_after_s(response.headers.get("Retry-After"), now=self._wall_clock())
-                if response.status_code == 403:  # an expired or refused presign: a new identity attempt presigns again
-                    raise TransientProviderError(f"{self.name} reference upload refused by storage ({failure}).")
-                if 400 <= response.status_code < 500 and response.status_code != 429:
-                    raise PermanentProviderError(f"{self.name} reference upload refused ({failure}).")
-            if attempt <= policy.retries:
-                delay = policy.backoff_s(attempt, self._draw())
-                delay = max(delay, wait_hint) if wait_hint is not None else delay
-                retries = policy.retries
-                log.warning(
-                    "%s reference upload: %s; retry %d of %d in %.2f s", self.name, failure, attempt, retries, delay
-                )
-                await self._sleep(delay)
-        raise TransientProviderError(
-            f"{self.name} reference upload: {failure} (gave up after {policy.retries + 1} tries)",
-            retry_after_s=wait_hint,
-        )
+        try:
+            # no key at all: it is Leonardo's, not the storage's
+            await http.call("POST", upload.url, what="reference upload", data=form, files=files, authenticated=False)
+        except ProviderRefused as refused:
+            if refused.response.status_code == 403:  # an expired presign: a new attempt presigns again
+                message = f"{self.name} reference upload refused by storage ({refused})."
+                raise TransientProviderError(message) from None
+            raise
 
     # --- shots -------------------------------------------------------------------------------------
 
