@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -60,8 +61,9 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
     )
     if fal.configured:
         client = client or http_client(settings)
+        fal_slots = asyncio.Semaphore(settings.fal_concurrency)  # one account: one limit for every fal adapter
         providers[PROVIDER_NAME] = fal_provider(
-            fal, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings)
+            fal, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings), slots=fal_slots
         )
         flux_lora = fal_flux_lora.FluxLoraSettings(
             **{
@@ -73,11 +75,11 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
             training_usd_per_run=settings.fal_training_usd_per_run,
         )
         providers[fal_flux_lora.PROVIDER_NAME] = fal_flux_lora.flux_lora_provider(
-            flux_lora, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings)
+            flux_lora, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings), slots=fal_slots
         )
         redux = replace(fal, model=fal_redux.MODEL, usd_per_megapixel=settings.fal_prices[fal_redux.MODEL])
         providers[fal_redux.PROVIDER_NAME] = fal_redux.redux_provider(
-            redux, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings)
+            redux, client, concurrency=settings.fal_concurrency, retry=retry_policy(settings), slots=fal_slots
         )
     leonardo_settings = leonardo.LeonardoSettings(
         api_key=settings.leonardo_api_key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 
@@ -35,7 +36,7 @@ def redux(server: FalServer) -> FalFluxRedux:
     return redux_provider(settings, client, concurrency=2, retry=retry, sleep=RecordingSleep(pace_s=0.01))
 
 
-async def request(adapter: FalFluxRedux, data: bytes | None = None, **params: object) -> ShotRequest:
+async def request(adapter: FalInstantCharacter, data: bytes | None = None, **params: object) -> ShotRequest:
     ref = reference_image(data or sample_reference_png(), key="studio/images/ref")
     job = await adapter.create_identity(IdentityRequest(uuid.uuid4(), "studio", "instant_reference", [ref]))
     status = await adapter.identity_status(job)
@@ -87,3 +88,22 @@ def test_redux_is_offered_with_the_fal_key_at_its_price(fal: FalServer) -> None:
     assert isinstance(providers[PROVIDER_NAME], FalFluxRedux)
     assert providers[PROVIDER_NAME].available()
     assert PROVIDER_NAME not in build_providers(ProviderAdapterSettings(fal_key=None))
+
+
+async def test_the_fal_adapters_built_for_one_account_share_its_concurrency_limit(fal: FalServer) -> None:
+    settings = ProviderAdapterSettings(
+        fal_key=SecretStr(fal.key), fal_queue_url=fal.url, fal_poll_s=0.02, fal_concurrency=1
+    )
+    client = new_client(http_timeout(connect_s=2.0, read_s=10.0))
+    fal.clients.append(client)
+    providers = build_providers(settings, client)
+    instant, redux_adapter = providers["fal-instant-character"], providers[PROVIDER_NAME]
+    assert isinstance(instant, FalInstantCharacter)
+    assert isinstance(redux_adapter, FalFluxRedux)
+    requests = [await request(adapter, seed=seed) for seed in range(3) for adapter in (instant, redux_adapter)]
+    adapters = [instant, redux_adapter] * 3
+
+    images = await asyncio.gather(*(adapter.generate(shot) for adapter, shot in zip(adapters, requests, strict=True)))
+
+    assert len(images) == 6
+    assert fal.fake.max_in_flight == 1  # one account, one request at a time, whichever adapter sent it

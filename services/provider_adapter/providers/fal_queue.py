@@ -205,8 +205,13 @@ class FalAdapter(Generic[SettingsT]):
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         draw: Callable[[], float] = random.random,
+        slots: asyncio.Semaphore | None = None,
     ) -> Self:
-        """The provider on `client`; its key goes only to `settings.queue_url`'s origin."""
+        """The provider on `client`; its key goes only to `settings.queue_url`'s origin.
+
+        `slots`: one semaphore for every fal adapter on the same account (fal limits requests in
+        flight per account, 2 at first); None gives this adapter `concurrency` of its own.
+        """
         http = None
         if settings.key is not None and settings.configured:
             auth = ProviderKeyAuth(settings.key, scheme="Key", origins=[settings.queue_url])
@@ -220,6 +225,7 @@ class FalAdapter(Generic[SettingsT]):
                 sleep=sleep,
                 wall_clock=wall_clock,
                 draw=draw,
+                slots=slots,
             )
         return cls(settings, http, clock=clock, sleep=sleep)
 

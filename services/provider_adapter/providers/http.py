@@ -187,6 +187,7 @@ class ProviderHttp:
         sleep: Sleep = asyncio.sleep,
         wall_clock: Clock = time.time,
         draw: Callable[[], float] = random.random,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"{provider}: concurrency must be at least 1, got {concurrency}")
@@ -194,7 +195,7 @@ class ProviderHttp:
         self.client = client
         self.auth = auth
         self.retry = retry or RetryPolicy()
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = slots or asyncio.Semaphore(concurrency)  # shared where one account serves several adapters
         self.concurrency = concurrency
         self.key_setting = key_setting
         self._sleep = sleep
