@@ -12,7 +12,15 @@ from faststream import FastStream
 from infra.runtime import Runtime, worker_app
 from infra.settings import InfraSettings
 from services.provider_adapter.ports import Provider
-from services.provider_adapter.providers import astria, comfyui, fal_flux_lora, fal_redux, leonardo, replicate
+from services.provider_adapter.providers import (
+    astria,
+    comfyui,
+    comfyui_workflows,
+    fal_flux_lora,
+    fal_redux,
+    leonardo,
+    replicate,
+)
 from services.provider_adapter.providers.fal import MODEL, PROVIDER_NAME, FalSettings, fal_provider
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim import SimProvider, SimSettings
@@ -139,7 +147,7 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
         providers[replicate.PROVIDER_NAME] = replicate.replicate_provider(
             replicate_settings, client, concurrency=settings.replicate_concurrency, retry=retry_policy(settings)
         )
-    comfy = comfyui.ComfyUISettings(
+    comfy = comfyui_workflows.ComfyUISettings(
         base_url=settings.comfyui_url,
         token=settings.comfyui_token,
         ipadapter_checkpoint=settings.comfyui_ipadapter_checkpoint,

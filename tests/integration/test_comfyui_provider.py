@@ -25,15 +25,13 @@ from services.provider_adapter.ports import (
     ShotRequest,
     TransientProviderError,
 )
-from services.provider_adapter.providers.comfyui import (
+from services.provider_adapter.providers.comfyui import ComfyUIProvider, comfyui_providers, upload_name
+from services.provider_adapter.providers.comfyui_workflows import (
     INSTANTID,
     IPADAPTER,
     REFERENCE_ONLY,
     WORKFLOWS,
-    ComfyUIProvider,
     ComfyUISettings,
-    comfyui_providers,
-    upload_name,
 )
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
