@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from contracts.envelope import Event
 from contracts.values import (
@@ -152,6 +153,52 @@ class CharacterCompleted(Event):
     verdicts: dict[Verdict, int]
 
 
+WEBHOOK_PAYLOAD_MAX_BYTES = 16 * 1024
+WEBHOOK_TENANT = "provider-webhook"
+
+
+class ProviderWebhookReceived(Event):
+    """A provider's webhook passed its own check (signature, token or key) at the gateway.
+
+    The gateway cannot know the character or tenant a delivery is about: `tenant_id` is
+    `provider-webhook` and `correlation_id` is derived from the provider and its job id. The
+    provider adapter finds the identity whose saved job names `job_id`. Published with
+    `Nats-Msg-Id: <provider>:<delivery_id>`, so a redelivery inside the duplicate window is dropped.
+    """
+
+    subject = "likeness.provider.webhook.v1"
+    type: Literal["ProviderWebhookReceived"] = "ProviderWebhookReceived"
+    provider: ProviderName
+    delivery_id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The provider's delivery id (webhook-id header), or the sha256 of the body where it sends none.",
+    )
+    job_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The provider's job the payload names: Replicate training or prediction id, Astria tune or "
+        "prompt id, Leonardo generation id.",
+    )
+    job_kind: str | None = Field(
+        default=None, max_length=50, description="What the job is where the provider says: tune, prompt, ..."
+    )
+    status: str | None = Field(default=None, max_length=100, description="The job's status as the provider wrote it.")
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"The verified JSON body, bounded to {WEBHOOK_PAYLOAD_MAX_BYTES} bytes (large fields dropped); "
+        "never headers or secrets.",
+    )
+
+    @field_validator("payload")
+    @classmethod
+    def _bounded(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(payload, default=str))
+        if size > WEBHOOK_PAYLOAD_MAX_BYTES:
+            raise ValueError(f"payload is {size} bytes; bound it to {WEBHOOK_PAYLOAD_MAX_BYTES}")
+        return payload
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     CharacterRequested,
     ReferencesStored,
@@ -165,6 +212,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ShotScored,
     ShotFailed,
     CharacterCompleted,
+    ProviderWebhookReceived,
 )
 
 EVENTS_BY_SUBJECT: dict[str, type[Event]] = {event.subject: event for event in ALL_EVENTS}

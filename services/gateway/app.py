@@ -16,6 +16,7 @@ from services.gateway.adapters.read_model import ReadModel
 from services.gateway.deps import Gateway
 from services.gateway.routes import router
 from services.gateway.settings import GatewaySettings
+from services.gateway.webhooks import router as webhook_router
 
 # Multipart overhead allowance on top of the reference limits, for the early Content-Length check.
 _FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -50,6 +51,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(webhook_router)
 
     max_body = settings.max_references * settings.max_reference_bytes + _FORM_OVERHEAD_BYTES
 

@@ -4,7 +4,7 @@ import json
 import re
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")  # contracts.values.ProviderName
@@ -13,7 +13,7 @@ _PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")  # contracts.values.Prov
 class GatewaySettings(BaseSettings):
     """Env prefix LIKENESS_GATEWAY_."""
 
-    model_config = SettingsConfigDict(env_prefix="LIKENESS_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LIKENESS_GATEWAY_", extra="ignore", validate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -29,6 +29,30 @@ class GatewaySettings(BaseSettings):
     max_reference_pixels: int = Field(default=40_000_000, gt=0)
     max_references: int = Field(default=20, ge=1, le=20)
     events_poll_s: float = Field(default=0.25, gt=0, description="How often the SSE feed looks for new events.")
+    # Webhooks (POST /v1/webhooks/<provider>): each provider's own check; unset, its webhooks are refused.
+    replicate_webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_GATEWAY_REPLICATE_WEBHOOK_SECRET", "REPLICATE_WEBHOOK_SECRET"),
+        description="whsec_... from Replicate's GET /v1/webhooks/default/secret: enables replicate-flux-lora webhooks.",
+    )
+    astria_callback_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_GATEWAY_ASTRIA_CALLBACK_SECRET", "ASTRIA_CALLBACK_SECRET"),
+        description="The key of the HMAC token Astria callback URLs carry: enables astria-tune callbacks.",
+    )
+    leonardo_webhook_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_GATEWAY_LEONARDO_WEBHOOK_KEY", "LEONARDO_WEBHOOK_KEY"),
+        description="The callback key set on the Leonardo API key: enables leonardo-character-reference webhooks.",
+    )
+    webhook_tolerance_s: float = Field(
+        default=300.0, gt=0, description="How far a signed webhook's timestamp may be from now (replays)."
+    )
+
+    @field_validator("replicate_webhook_secret", "astria_callback_secret", "leonardo_webhook_key", mode="before")
+    @classmethod
+    def _blank_secret_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -44,6 +44,12 @@ def retry_policy(settings: ProviderAdapterSettings) -> RetryPolicy:
     )
 
 
+def webhook_url(settings: ProviderAdapterSettings, provider: str) -> str | None:
+    """Where `provider` should call us back: the gateway's webhook route, if its URL is configured."""
+    base = settings.webhook_base_url
+    return f"{base.rstrip('/')}/v1/webhooks/{provider}" if base else None
+
+
 def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient | None = None) -> dict[str, Provider]:
     """`sim` always; each real provider only where its key is configured, on `client`.
 
@@ -120,6 +126,8 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
         poll_max_s=max(settings.astria_poll_s, settings.astria_poll_max_s),
         timeout_s=settings.astria_timeout_s,
         training_timeout_s=settings.astria_training_timeout_s,
+        callback_base_url=webhook_url(settings, astria.PROVIDER_NAME),
+        callback_secret=settings.astria_callback_secret,
     )
     if astria_settings.configured:
         client = client or http_client(settings)
@@ -141,6 +149,7 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
         poll_s=settings.replicate_poll_s,
         poll_max_s=max(settings.replicate_poll_s, settings.replicate_poll_max_s),
         timeout_s=settings.replicate_timeout_s,
+        webhook_url=webhook_url(settings, replicate.PROVIDER_NAME),
     )
     if replicate_settings.configured:
         client = client or http_client(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 
 from contracts import (
@@ -11,11 +12,13 @@ from contracts import (
     IdentityFailed,
     IdentityReady,
     ImageRef,
+    ProviderWebhookReceived,
     ReferencesStored,
     ShotFailed,
     ShotGenerated,
     ShotRequested,
 )
+from contracts.envelope import EVENT_ID_NAMESPACE
 from contracts.values import FailureStage
 from services.provider_adapter.ports import (
     GeneratedImage,
@@ -95,26 +98,90 @@ async def on_shot_requested(event: ShotRequested, *, identities: Identities) -> 
 async def identity_settled(
     event: ReferencesStored, status: IdentityStatus, *, identities: Identities, simulated: bool
 ) -> list[Event]:
-    """Record the identity's outcome and release (or fail) every shot that waited for it."""
-    await identities.lock(event.character_id, event.tenant_id)
-    waiting = await identities.take_waiting(event.character_id)
+    """Record the identity's outcome and release (or fail) every shot that waited for it.
+
+    An identity a webhook already settled is left alone: polling that finishes later says nothing more.
+    """
+    record = await identities.lock(event.character_id, event.tenant_id)
+    if record.status in ("ready", "failed"):
+        return []
+    return await _settle(
+        status,
+        identities=identities,
+        record=record,
+        provider=event.provider,
+        simulated=simulated,
+        ready=lambda **fields: IdentityReady.follow(event, **fields),
+        failed=lambda **fields: IdentityFailed.follow(event, **fields),
+    )
+
+
+async def identity_settled_by_webhook(
+    webhook: ProviderWebhookReceived,
+    status: IdentityStatus,
+    *,
+    character_id: uuid.UUID,
+    tenant_id: str,
+    identities: Identities,
+    simulated: bool,
+) -> list[Event]:
+    """As `identity_settled`, when a provider's webhook led us to check the job before the next poll.
+
+    Only a still-pending identity is settled (whichever of webhook and polling comes first wins);
+    event ids derive from the webhook, so a redelivered webhook emits the very same events.
+    """
+    record = await identities.lock(character_id, tenant_id)
+    if record.status != "pending" or status.state == "pending" or record.provider is None:
+        return []
+    envelope = {"correlation_id": character_id, "causation_id": webhook.event_id, "tenant_id": tenant_id}
+
+    def ready(**fields: object) -> IdentityReady:
+        key = f"{webhook.event_id}:IdentityReady:{character_id}"
+        return IdentityReady.model_validate({"event_id": uuid.uuid5(EVENT_ID_NAMESPACE, key), **envelope, **fields})
+
+    def failed(**fields: object) -> IdentityFailed:
+        key = f"{webhook.event_id}:IdentityFailed:{character_id}"
+        return IdentityFailed.model_validate({"event_id": uuid.uuid5(EVENT_ID_NAMESPACE, key), **envelope, **fields})
+
+    return await _settle(
+        status,
+        identities=identities,
+        record=record,
+        provider=record.provider,
+        simulated=simulated,
+        ready=ready,
+        failed=failed,
+    )
+
+
+async def _settle(
+    status: IdentityStatus,
+    *,
+    identities: Identities,
+    record: IdentityRecord,
+    provider: str,
+    simulated: bool,
+    ready: Callable[..., IdentityReady],
+    failed: Callable[..., IdentityFailed],
+) -> list[Event]:
+    character_id = record.character_id
+    waiting = await identities.take_waiting(character_id)
     if status.state == "ready" and status.identity_ref:
-        await identities.mark_ready(event.character_id, status.identity_ref)
-        identity = await identities.lock(event.character_id, event.tenant_id)
-        ready = IdentityReady.follow(
-            event,
-            character_id=event.character_id,
-            provider=event.provider,
+        await identities.mark_ready(character_id, status.identity_ref)
+        identity = await identities.lock(character_id, record.tenant_id)
+        done = ready(
+            character_id=character_id,
+            provider=provider,
             identity_ref=status.identity_ref,
             training_seconds=status.training_seconds,
             cost_usd=status.cost_usd,
             simulated=simulated,
         )
-        return [ready, *(generate_command(shot, identity, ready) for shot in waiting)]
+        return [done, *(generate_command(shot, identity, done) for shot in waiting)]
     reason = status.reason or "the provider gave no reason"
-    await identities.mark_failed(event.character_id, reason)
-    failed = IdentityFailed.follow(event, character_id=event.character_id, provider=event.provider, reason=reason)
-    return [failed, *(shot_failed(shot, failed, "identity", reason) for shot in waiting)]
+    await identities.mark_failed(character_id, reason)
+    gone = failed(character_id=character_id, provider=provider, reason=reason)
+    return [gone, *(shot_failed(shot, gone, "identity", reason) for shot in waiting)]
 
 
 async def generate(

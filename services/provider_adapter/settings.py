@@ -40,6 +40,16 @@ class ProviderAdapterSettings(BaseSettings):
     http_retries: int = Field(default=3, ge=0, le=10)
     http_backoff_s: float = Field(default=0.5, ge=0)
     http_backoff_max_s: float = Field(default=8.0, ge=0)
+    webhook_base_url: str | None = Field(
+        default=None,
+        description="The gateway's public URL. Set, Replicate trainings and Astria tunes and prompts are told to "
+        "call <it>/v1/webhooks/<provider> when done (polling still runs: whichever comes first settles the job).",
+    )
+    astria_callback_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_ASTRIA_CALLBACK_SECRET", "ASTRIA_CALLBACK_SECRET"),
+        description="Signs the token in Astria's callback URLs; the gateway checks it with the same secret.",
+    )
     http_max_retry_after_s: float = Field(
         default=30.0, ge=0, description="A longer Retry-After is waited out by the job's retry, not in the call."
     )

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from faststream.nats import NatsMessage, NatsRouter
 
-from contracts import GenerateShot, ReferencesStored, ShotRequested
+from contracts import GenerateShot, ProviderWebhookReceived, ReferencesStored, ShotRequested
 from infra.bus import settle, subscribe
 from infra.runtime import Runtime
 from services.provider_adapter.jobs import ProviderWork
 from services.provider_adapter.ports import Provider
 from services.provider_adapter.settings import ProviderAdapterSettings
+from services.provider_adapter.webhooks import WebhookWork
 
 
 def build_router(runtime: Runtime, providers: dict[str, Provider], settings: ProviderAdapterSettings) -> NatsRouter:
     router = NatsRouter()
     work = ProviderWork(runtime, providers, settings)
+    webhooks = WebhookWork(runtime, providers)
 
     @subscribe(router, ReferencesStored, "provider-references-stored", ack_wait_s=30.0, max_deliver=100)
     async def on_references_stored(event: ReferencesStored, msg: NatsMessage) -> None:
@@ -33,5 +35,9 @@ def build_router(runtime: Runtime, providers: dict[str, Provider], settings: Pro
     )
     async def on_generate_shot(command: GenerateShot, msg: NatsMessage) -> None:
         await settle(msg, command, work.generate_shot(command, msg))
+
+    @subscribe(router, ProviderWebhookReceived, "provider-webhook-received")
+    async def on_provider_webhook(webhook: ProviderWebhookReceived, msg: NatsMessage) -> None:
+        await settle(msg, webhook, webhooks.act_on(webhook))
 
     return router

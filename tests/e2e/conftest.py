@@ -54,6 +54,10 @@ def system(
         "LIKENESS_PROVIDER_ADAPTER_SIM_IDENTITY_SECONDS": "0.5",
         "LIKENESS_GATEWAY_PORT": str(port),
         "LIKENESS_GATEWAY_API_KEYS": f"studio-a:{key},studio-b:{other_key}",
+        # providers that call back do so to this gateway, which checks them with the same secrets
+        "LIKENESS_PROVIDER_ADAPTER_WEBHOOK_BASE_URL": f"http://127.0.0.1:{port}",
+        "REPLICATE_WEBHOOK_SECRET": fakes.replicate.webhook_secret,
+        "ASTRIA_CALLBACK_SECRET": secrets.token_urlsafe(24),
     }
     services = ServiceSet(data_dir, env)
     try:

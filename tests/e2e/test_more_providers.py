@@ -25,6 +25,10 @@ def test_an_astria_character_is_tuned_once_and_gets_fifteen_scored_shots(system:
     assert [shot["score"]["verdict"] for shot in shots] == ["same"] * 15
     assert all(shot["cost_usd"] == pytest.approx(0.10) and shot["simulation"]["simulated"] for shot in shots)
     assert (fake.tunes_created - tunes_before, fake.prompts_created - prompts_before) == (1, 15)
+    # Astria called the gateway back for the tune and each prompt, and every callback passed its check
+    delivered = [status for url, status in fake.callbacks if "/v1/webhooks/astria-tune" in url]
+    assert len(delivered) >= 16
+    assert set(delivered) == {202}
 
 
 @pytest.mark.parametrize("provider", ["comfyui-ipadapter", "comfyui-instantid", "comfyui-reference-only"])
@@ -59,3 +63,13 @@ def test_a_replicate_character_trains_once_and_gets_fifteen_scored_shots(system:
     assert [shot["score"]["verdict"] for shot in shots] == ["same"] * 15
     assert all(shot["simulation"]["simulated"] for shot in shots)
     assert fake.training_submits - trainings_before == 1
+    # Replicate's signed webhooks reached the gateway and passed; the identity was settled once either way
+    delivered = [status for url, _, status in fake.webhooks_sent if url.endswith("/v1/webhooks/replicate-flux-lora")]
+    assert delivered
+    assert set(delivered) == {202}
+    seen = []
+    for event_type, _ in system.client.events(character["character_id"], timeout_s=30):
+        seen.append(event_type)
+        if event_type == "CharacterCompleted":
+            break
+    assert seen.count("IdentityReady") == 1

@@ -14,6 +14,17 @@ class PostgresIdentities:
     def __init__(self, conn: DbConnection) -> None:
         self._conn = conn
 
+    async def find_by_provider_job(self, provider: str, provider_job_id: str) -> tuple[UUID, str] | None:
+        """The (character id, tenant id) whose saved job id ends in `:<provider_job_id>`, for that provider."""
+        row = await self._conn.fetchrow(
+            """SELECT character_id, tenant_id FROM provider.identities
+               WHERE provider=$1 AND starts_with(job_id, $1 || ':') AND right(job_id, length($2) + 1) = ':' || $2
+               ORDER BY created_at DESC LIMIT 1""",
+            provider,
+            provider_job_id,
+        )
+        return None if row is None else (row["character_id"], row["tenant_id"])
+
     async def lock(self, character_id: UUID, tenant_id: str) -> IdentityRecord:
         await self._conn.execute(
             """INSERT INTO provider.identities (character_id, tenant_id, status)
