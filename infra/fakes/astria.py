@@ -27,7 +27,6 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -41,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from infra.fakes.faults import Fault, FaultScript, play
 from services.provider_adapter.providers import sim_images
 from services.provider_adapter.providers.astria import FLUX1_DEV
 from services.provider_adapter.providers.http import FAKE_MARKER_HEADER, FAKE_TRANSFORM_HEADER
@@ -49,33 +49,6 @@ FILE_PREFIX: Final = "fake-astria-"
 CLASS_NAMES: Final = frozenset({"man", "woman", "person", "boy", "girl", "baby", "cat", "dog", "style"})
 MODEL_TYPES: Final = frozenset({"lora", "pti", "faceid"})
 Endpoint = Literal["create_tune", "list", "tune", "prompt", "prompt_status", "file"]
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour: wait `delay_s`, then answer `status` (None: answer normally after the wait)."""
-
-    status: int | None = None
-    retry_after: str | None = None
-    delay_s: float = 0.0
-    detail: str = "injected fault"
-    processed: bool = False  # create_tune only: make the tune, then answer `status` (a 504 "probably processed")
-
-    @classmethod
-    def rate_limited(cls, retry_after: str = "1") -> Fault:
-        return cls(429, retry_after=retry_after, detail="Too many requests (fake)")
-
-    @classmethod
-    def server_error(cls, status: int = 500) -> Fault:
-        return cls(status, detail="Internal server error (fake)")
-
-    @classmethod
-    def timed_out_after_processing(cls) -> Fault:
-        return cls(504, detail="Gateway timeout (fake): the tune was created anyway", processed=True)
-
-    @classmethod
-    def slow(cls, delay_s: float) -> Fault:
-        return cls(None, delay_s=delay_s)
 
 
 @dataclass
@@ -173,7 +146,7 @@ class AstriaFake:
     received_tunes: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)  # accepted forms
     received_prompts: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     callbacks: list[tuple[str, int | str]] = field(default_factory=list, init=False, repr=False)  # url, status
-    _faults: dict[str, deque[Fault]] = field(default_factory=dict, init=False, repr=False)
+    _faults: FaultScript = field(default_factory=FaultScript, init=False, repr=False)
     _tunes: dict[int, _Tune] = field(default_factory=dict, init=False, repr=False)
     _prompts: dict[int, _Prompt] = field(default_factory=dict, init=False, repr=False)
     _files: dict[str, tuple[bytes, str]] = field(default_factory=dict, init=False, repr=False)  # name: bytes, transform
@@ -187,8 +160,7 @@ class AstriaFake:
 
     def inject(self, endpoint: Endpoint, *faults: Fault) -> None:
         """The next requests to `endpoint` meet these faults, one each, in order."""
-        with self._lock:
-            self._faults.setdefault(endpoint, deque()).extend(faults)
+        self._faults.inject(endpoint, *faults)
 
     def tune(self, tune_id: int) -> dict[str, Any]:
         return self._tunes[tune_id].body("http://fake")
@@ -423,20 +395,13 @@ class AstriaFake:
         return await self._fault(endpoint, request)
 
     async def _fault(self, endpoint: Endpoint, request: Request | None = None) -> Response | None:
-        with self._lock:
-            queued = self._faults.get(endpoint)
-            fault = queued.popleft() if queued else None
+        fault = self._faults.take(endpoint)
         if fault is None:
             return None
         if fault.processed and request is not None:  # answered after the work is done
             request.state.after = fault
             return None
-        if fault.delay_s:
-            await asyncio.sleep(fault.delay_s)
-        if fault.status is None:
-            return None
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-        return JSONResponse({"error": fault.detail}, status_code=fault.status, headers=headers)
+        return await play(fault, _fault_answer)
 
 
 async def _prompt_fields(request: Request) -> dict[str, Any] | None:
@@ -511,3 +476,7 @@ def _marked(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, send_marked)
 
     return marked
+
+
+def _fault_answer(fault: Fault, headers: Mapping[str, str] | None) -> Response:
+    return JSONResponse({"error": fault.detail}, status_code=fault.status or 500, headers=headers)

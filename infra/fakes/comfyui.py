@@ -24,7 +24,6 @@ import contextlib
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -38,6 +37,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from infra.fakes.faults import Fault, FaultScript
 from services.provider_adapter.providers import sim_images
 from services.provider_adapter.providers.http import FAKE_MARKER_HEADER, FAKE_TRANSFORM_HEADER
 
@@ -147,23 +147,6 @@ DEFAULT_MODELS: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour: wait `delay_s`, then answer `status` (None: answer normally after the wait)."""
-
-    status: int | None = None
-    retry_after: str | None = None
-    delay_s: float = 0.0
-
-    @classmethod
-    def rate_limited(cls, retry_after: str = "1") -> Fault:
-        return cls(429, retry_after=retry_after)
-
-    @classmethod
-    def unavailable(cls, status: int = 503) -> Fault:
-        return cls(status)
-
-
 @dataclass
 class _Prompt:
     prompt_id: str
@@ -195,7 +178,7 @@ class ComfyUIFake:
     inputs: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)  # the input folder
     outputs: dict[str, tuple[bytes, str]] = field(default_factory=dict, init=False, repr=False)  # name: (png, how)
     history: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
-    _faults: dict[str, deque[Fault]] = field(default_factory=dict, init=False, repr=False)
+    _faults: FaultScript = field(default_factory=FaultScript, init=False, repr=False)
     _queue: dict[str, _Prompt] = field(default_factory=dict, init=False, repr=False)
     _sockets: dict[str, list[WebSocket]] = field(default_factory=dict, init=False, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
@@ -204,8 +187,7 @@ class ComfyUIFake:
 
     def inject(self, endpoint: Endpoint, *faults: Fault) -> None:
         """The next requests to `endpoint` meet these faults, one each, in order."""
-        with self._lock:
-            self._faults.setdefault(endpoint, deque()).extend(faults)
+        self._faults.inject(endpoint, *faults)
 
     @property
     def app(self) -> ASGIApp:
@@ -540,17 +522,12 @@ class ComfyUIFake:
     # --- plumbing ----------------------------------------------------------------------------------
 
     async def _fault(self, endpoint: Endpoint) -> Response | None:
-        with self._lock:
-            queued = self._faults.get(endpoint)
-            fault = queued.popleft() if queued else None
-        if fault is None:
-            return None
-        if fault.delay_s:
-            await asyncio.sleep(fault.delay_s)
-        if fault.status is None:
-            return None
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-        return Response(f"injected fault (fake): HTTP {fault.status}", status_code=fault.status, headers=headers)
+        return await self._faults.meet(
+            endpoint,
+            lambda fault, headers: Response(
+                f"injected fault (fake): HTTP {fault.status}", status_code=fault.status or 500, headers=headers
+            ),
+        )
 
 
 SAVE: Final = "save"

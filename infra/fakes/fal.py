@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from infra.fakes.faults import Fault, FaultScript
 from services.provider_adapter.providers import sim_images
 from services.provider_adapter.providers.fal import MODEL, NAMED_SIZES
 from services.provider_adapter.providers.fal_flux_lora import MODEL as FLUX_LORA_MODEL
@@ -54,28 +55,6 @@ from services.provider_adapter.providers.http import FAKE_MARKER_HEADER, FAKE_TR
 FILE_PREFIX: Final = "fake-fal-"
 Endpoint = Literal["submit", "train", "status", "result", "cancel", "file"]  # "train": a training's submit
 NamedSize = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour: wait `delay_s`, then answer `status` (None: answer normally after the wait)."""
-
-    status: int | None = None
-    retry_after: str | None = None
-    delay_s: float = 0.0
-    detail: str = "injected fault"
-
-    @classmethod
-    def rate_limited(cls, retry_after: str = "1") -> Fault:
-        return cls(429, retry_after=retry_after, detail="Rate limit exceeded (fake)")
-
-    @classmethod
-    def unavailable(cls) -> Fault:
-        return cls(503, detail="runner_scheduling_failure (fake)")
-
-    @classmethod
-    def slow(cls, delay_s: float) -> Fault:
-        return cls(None, delay_s=delay_s)
 
 
 @dataclass(frozen=True)
@@ -219,7 +198,7 @@ class FalFake:
     received_flux_lora: list[FluxLoraInput] = field(default_factory=list, init=False, repr=False)
     received_redux: list[ReduxInput] = field(default_factory=list, init=False, repr=False)
     outputs: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)  # results served
-    _faults: dict[str, deque[Fault]] = field(default_factory=dict, init=False, repr=False)
+    _faults: FaultScript = field(default_factory=FaultScript, init=False, repr=False)
     _failures: deque[Failure] = field(default_factory=deque, init=False, repr=False)
     _jobs: dict[str, _Job] = field(default_factory=dict, init=False, repr=False)
     _loras: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)  # LoRA URL: first reference
@@ -227,8 +206,7 @@ class FalFake:
 
     def inject(self, endpoint: Endpoint, *faults: Fault) -> None:
         """The next requests to `endpoint` meet these faults, one each, in order."""
-        with self._lock:
-            self._faults.setdefault(endpoint, deque()).extend(faults)
+        self._faults.inject(endpoint, *faults)
 
     def fail_next(self, count: int = 1, failure: Failure | None = None) -> None:
         """The next `count` accepted requests end COMPLETED with an error."""
@@ -412,17 +390,9 @@ class FalFake:
         return await self._fault(endpoint)
 
     async def _fault(self, endpoint: Endpoint) -> Response | None:
-        with self._lock:
-            queued = self._faults.get(endpoint)
-            fault = queued.popleft() if queued else None
-        if fault is None:
-            return None
-        if fault.delay_s:
-            await asyncio.sleep(fault.delay_s)
-        if fault.status is None:
-            return None
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-        return _detail(fault.status, fault.detail, headers)
+        return await self._faults.meet(
+            endpoint, lambda fault, headers: _detail(fault.status or 500, fault.detail, headers)
+        )
 
     async def _body(self, request: Request, endpoint: Endpoint) -> tuple[Any, Response]:
         """The key and faults, then the JSON body (None and the answer when refused)."""

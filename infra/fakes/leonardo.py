@@ -29,7 +29,6 @@ import secrets
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -44,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from infra.fakes.faults import Fault, FaultScript
 from services.provider_adapter.providers import sim_images
 from services.provider_adapter.providers.http import FAKE_MARKER_HEADER, FAKE_TRANSFORM_HEADER
 
@@ -51,28 +51,6 @@ API_PREFIX: Final = "/api/rest/v1"
 FILE_PREFIX: Final = "fake-leonardo-"
 CREDITS_PER_IMAGE: Final = 17  # what this fake reports as apiCreditCost for one image
 Endpoint = Literal["init-image", "upload", "generate", "status", "file"]
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour: wait `delay_s`, then answer `status` (None: answer normally after the wait)."""
-
-    status: int | None = None
-    retry_after: str | None = None
-    delay_s: float = 0.0
-    error: str = "injected fault"
-
-    @classmethod
-    def rate_limited(cls, retry_after: str = "1") -> Fault:
-        return cls(429, retry_after=retry_after, error="Too many requests (fake)")
-
-    @classmethod
-    def unavailable(cls) -> Fault:
-        return cls(503, error="Service unavailable (fake)")
-
-    @classmethod
-    def slow(cls, delay_s: float) -> Fault:
-        return cls(None, delay_s=delay_s)
 
 
 class Controlnet(BaseModel):
@@ -155,7 +133,7 @@ class LeonardoFake:
     status_polls: int = field(default=0, init=False)
     unauthorized: int = field(default=0, init=False)
     received: list[GenerationInput] = field(default_factory=list, init=False, repr=False)
-    _faults: dict[str, deque[Fault]] = field(default_factory=dict, init=False, repr=False)
+    _faults: FaultScript = field(default_factory=FaultScript, init=False, repr=False)
     _failures: int = field(default=0, init=False, repr=False)
     _uploads: dict[str, _Upload] = field(default_factory=dict, init=False, repr=False)
     _generations: dict[str, _Generation] = field(default_factory=dict, init=False, repr=False)
@@ -163,8 +141,7 @@ class LeonardoFake:
 
     def inject(self, endpoint: Endpoint, *faults: Fault) -> None:
         """The next requests to `endpoint` meet these faults, one each, in order."""
-        with self._lock:
-            self._faults.setdefault(endpoint, deque()).extend(faults)
+        self._faults.inject(endpoint, *faults)
 
     def fail_next(self, count: int = 1) -> None:
         """The next `count` accepted generations end FAILED."""
@@ -335,17 +312,9 @@ class LeonardoFake:
         return await self._fault(endpoint)
 
     async def _fault(self, endpoint: Endpoint) -> Response | None:
-        with self._lock:
-            queued = self._faults.get(endpoint)
-            fault = queued.popleft() if queued else None
-        if fault is None:
-            return None
-        if fault.delay_s:
-            await asyncio.sleep(fault.delay_s)
-        if fault.status is None:
-            return None
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-        return _error(fault.status, fault.error, headers=headers)
+        return await self._faults.meet(
+            endpoint, lambda fault, headers: _error(fault.status or 500, fault.detail, headers=headers)
+        )
 
 
 def _render(source: bytes, arguments: GenerationInput) -> tuple[bytes, str]:

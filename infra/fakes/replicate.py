@@ -49,6 +49,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from infra.fakes.faults import Fault, FaultScript
 from services.provider_adapter.providers import sim_images
 from services.provider_adapter.providers.http import FAKE_MARKER_HEADER, FAKE_TRANSFORM_HEADER
 
@@ -71,28 +72,6 @@ SIZES: Final[Mapping[str, tuple[int, int]]] = {
     "21:9": (1536, 640),
     "9:21": (640, 1536),
 }
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour: wait `delay_s`, then answer `status` (None: answer normally after the wait)."""
-
-    status: int | None = None
-    retry_after: str | None = None
-    delay_s: float = 0.0
-    detail: str = "injected fault"
-
-    @classmethod
-    def rate_limited(cls, retry_after: str = "1") -> Fault:
-        return cls(429, retry_after=retry_after, detail="Request was throttled. Your rate limit resets in ~1s. (fake)")
-
-    @classmethod
-    def unavailable(cls, status: int = 503) -> Fault:
-        return cls(status, detail="Service Unavailable (fake)")
-
-    @classmethod
-    def slow(cls, delay_s: float) -> Fault:
-        return cls(None, delay_s=delay_s)
 
 
 class TrainingInput(BaseModel):
@@ -209,7 +188,7 @@ class ReplicateFake:
     received_trainings: list[TrainingBody] = field(default_factory=list, init=False, repr=False)
     received_predictions: list[PredictionBody] = field(default_factory=list, init=False, repr=False)
     webhooks_sent: list[tuple[str, str, int | None]] = field(default_factory=list, init=False)  # url, event, HTTP
-    _faults: dict[str, deque[Fault]] = field(default_factory=dict, init=False, repr=False)
+    _faults: FaultScript = field(default_factory=FaultScript, init=False, repr=False)
     _failures: deque[str] = field(default_factory=deque, init=False, repr=False)
     _tampers: deque[WebhookTamper] = field(default_factory=deque, init=False, repr=False)
     _jobs: dict[str, _Job] = field(default_factory=dict, init=False, repr=False)
@@ -220,8 +199,7 @@ class ReplicateFake:
 
     def inject(self, endpoint: Endpoint, *faults: Fault) -> None:
         """The next requests to `endpoint` meet these faults, one each, in order."""
-        with self._lock:
-            self._faults.setdefault(endpoint, deque()).extend(faults)
+        self._faults.inject(endpoint, *faults)
 
     def fail_next(self, count: int = 1, error: str = "CUDA out of memory (fake)") -> None:
         """The next `count` accepted trainings or predictions end `failed` with `error`."""
@@ -467,17 +445,9 @@ class ReplicateFake:
         return await self._fault(endpoint) if endpoint is not None else None
 
     async def _fault(self, endpoint: Endpoint) -> Response | None:
-        with self._lock:
-            queued = self._faults.get(endpoint)
-            fault = queued.popleft() if queued else None
-        if fault is None:
-            return None
-        if fault.delay_s:
-            await asyncio.sleep(fault.delay_s)
-        if fault.status is None:
-            return None
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-        return _problem(fault.status, "Injected fault", fault.detail, headers)
+        return await self._faults.meet(
+            endpoint, lambda fault, headers: _problem(fault.status or 500, "Injected fault", fault.detail, headers)
+        )
 
     async def _body(self, request: Request, endpoint: Endpoint) -> tuple[Any, Response]:
         refused = await self._gate(request, endpoint)
