@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.fakes.fal import FILE_PREFIX, Fault
+from infra.fakes.fal import FILE_PREFIX
+from infra.fakes.faults import Fault
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.test_sample_character import score_rows_per_shot, submit_sample, wait_completed
 

@@ -22,7 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from contracts import ShotParams
-from infra.fakes.astria import AstriaFake, Fault
+from infra.fakes.astria import AstriaFake
+from infra.fakes.faults import Fault
 from infra.fakes.server import LoopbackServer
 from infra.sample import sample_reference_png
 from services.provider_adapter.ports import (

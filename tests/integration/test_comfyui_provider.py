@@ -15,7 +15,8 @@ from PIL import Image
 from pydantic import SecretStr
 
 from contracts import ShotParams
-from infra.fakes.comfyui import FILE_PREFIX, ComfyUIFake, Fault
+from infra.fakes.comfyui import FILE_PREFIX, ComfyUIFake
+from infra.fakes.faults import Fault
 from infra.fakes.server import LoopbackServer
 from infra.sample import sample_reference_png
 from services.provider_adapter.ports import (

@@ -12,7 +12,8 @@ from PIL import Image
 from pydantic import SecretStr
 
 from contracts import ShotParams
-from infra.fakes.fal import FILE_PREFIX, Failure, Fault
+from infra.fakes.fal import FILE_PREFIX, Failure
+from infra.fakes.faults import Fault
 from infra.sample import sample_reference_png
 from services.provider_adapter.ports import (
     IdentityRequest,

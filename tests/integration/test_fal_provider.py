@@ -18,7 +18,8 @@ from PIL import Image
 from pydantic import SecretStr
 
 from contracts import ShotParams
-from infra.fakes.fal import FILE_PREFIX, Failure, FalFake, Fault
+from infra.fakes.fal import FILE_PREFIX, Failure, FalFake
+from infra.fakes.faults import Fault
 from infra.sample import sample_reference_png
 from infra.stack.ports import free_port
 from services.provider_adapter.app import build_providers

@@ -11,7 +11,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from contracts import ShotParams
-from infra.fakes.fal import Fault
+from infra.fakes.faults import Fault
 from infra.sample import sample_reference_png
 from services.provider_adapter.app import build_providers
 from services.provider_adapter.ports import IdentityRequest, PermanentProviderError, ShotRequest

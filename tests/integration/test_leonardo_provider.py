@@ -21,7 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from contracts import ShotParams
-from infra.fakes.leonardo import API_PREFIX, CREDITS_PER_IMAGE, FILE_PREFIX, Endpoint, Fault, LeonardoFake
+from infra.fakes.faults import Fault
+from infra.fakes.leonardo import API_PREFIX, CREDITS_PER_IMAGE, FILE_PREFIX, Endpoint, LeonardoFake
 from infra.fakes.server import LoopbackServer
 from infra.sample import sample_reference_png
 from services.provider_adapter.ports import (

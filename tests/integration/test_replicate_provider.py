@@ -21,7 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from contracts import ShotParams
-from infra.fakes.replicate import FILE_PREFIX, Fault, ReplicateFake, sign
+from infra.fakes.faults import Fault
+from infra.fakes.replicate import FILE_PREFIX, ReplicateFake, sign
 from infra.fakes.server import LoopbackServer
 from infra.sample import sample_reference_png
 from services.provider_adapter.ports import (
