@@ -221,8 +221,6 @@ class LeonardoCharacterReference:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
-        wall_clock: Clock = time.time,
-        draw: Callable[[], float] = random.random,
     ) -> None:
         if settings.configured and http is None:
             raise ValueError("a configured Leonardo provider needs its ProviderHttp")
@@ -230,8 +228,6 @@ class LeonardoCharacterReference:
         self._http = http if settings.configured else None
         self._clock = clock
         self._sleep = sleep
-        self._wall_clock = wall_clock
-        self._draw = draw
 
     @classmethod
     def on(
@@ -261,7 +257,7 @@ class LeonardoCharacterReference:
                 wall_clock=wall_clock,
                 draw=draw,
             )
-        return cls(settings, http, clock=clock, sleep=sleep, wall_clock=wall_clock, draw=draw)
+        return cls(settings, http, clock=clock, sleep=sleep)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._settings.base_url!r}, available={self.available()})"
