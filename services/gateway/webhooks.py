@@ -6,8 +6,8 @@ callback key as a bearer token. A verified delivery becomes one `ProviderWebhook
 `Nats-Msg-Id` is `<provider>:<delivery id>`: JetStream drops a redelivery inside its duplicate window,
 and the provider adapter's handling is idempotent beyond it.
 
-The checks live beside each provider's client in services/provider_adapter/providers (pure functions,
-no I/O); the gateway imports them rather than keep a second copy of each.
+The checks are pure functions in infra/webhooks (one module per provider), shared with the provider
+adapter, which builds the callback URLs: services never import each other.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from contracts import ProviderWebhookReceived
 from contracts.envelope import EVENT_ID_NAMESPACE
 from contracts.events import WEBHOOK_PAYLOAD_MAX_BYTES, WEBHOOK_TENANT
 from infra.bus import relay_publisher
+from infra.webhooks import astria, leonardo, replicate
 from services.gateway.deps import Gateway
 from services.gateway.settings import GatewaySettings
-from services.provider_adapter.providers import astria, leonardo, replicate
 
 log = logging.getLogger(__name__)
 

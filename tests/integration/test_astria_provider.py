@@ -26,6 +26,7 @@ from infra.fakes.astria import AstriaFake
 from infra.fakes.faults import Fault
 from infra.fakes.server import LoopbackServer
 from infra.sample import sample_reference_png
+from infra.webhooks.astria import AstriaCallback, CallbackRejected, callback_token, verify_callback
 from services.provider_adapter.ports import (
     IdentityRequest,
     IdentityStatus,
@@ -33,16 +34,7 @@ from services.provider_adapter.ports import (
     ReferenceImage,
     ShotRequest,
 )
-from services.provider_adapter.providers.astria import (
-    FLUX1_DEV,
-    AstriaCallback,
-    AstriaSettings,
-    AstriaTune,
-    CallbackRejected,
-    astria_provider,
-    callback_token,
-    verify_callback,
-)
+from services.provider_adapter.providers.astria import FLUX1_DEV, AstriaSettings, AstriaTune, astria_provider
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from tests.fakes import RecordingSleep, reference_image

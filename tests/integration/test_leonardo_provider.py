@@ -25,6 +25,7 @@ from infra.fakes.faults import Fault
 from infra.fakes.leonardo import API_PREFIX, CREDITS_PER_IMAGE, FILE_PREFIX, Endpoint, LeonardoFake
 from infra.fakes.server import LoopbackServer
 from infra.sample import sample_reference_png
+from infra.webhooks.leonardo import verify_webhook
 from services.provider_adapter.ports import (
     IdentityRequest,
     PermanentProviderError,
@@ -38,7 +39,6 @@ from services.provider_adapter.providers.leonardo import (
     LeonardoSettings,
     identity_for,
     leonardo_provider,
-    verify_webhook,
 )
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from tests.fakes import RecordingSleep, reference_image

@@ -29,6 +29,7 @@ from infra.runtime import Runtime
 from infra.sample import sample_reference_png
 from infra.settings import InfraSettings
 from infra.stack import StackEndpoints
+from infra.webhooks import astria
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from services.provider_adapter import handlers
@@ -36,7 +37,6 @@ from services.provider_adapter.adapters.identities import PostgresIdentities
 from services.provider_adapter.app import MIGRATIONS
 from services.provider_adapter.jobs import ProviderWork
 from services.provider_adapter.ports import IdentityRequest, Provider
-from services.provider_adapter.providers import astria
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.replicate import ReplicateSettings, replicate_provider
 from services.provider_adapter.settings import ProviderAdapterSettings

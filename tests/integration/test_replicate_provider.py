@@ -25,6 +25,7 @@ from infra.fakes.faults import Fault
 from infra.fakes.replicate import FILE_PREFIX, ReplicateFake, sign
 from infra.fakes.server import LoopbackServer
 from infra.sample import sample_reference_png
+from infra.webhooks.replicate import WebhookVerificationError, verify_webhook
 from services.provider_adapter.ports import (
     IdentityRequest,
     IdentityStatus,
@@ -38,10 +39,8 @@ from services.provider_adapter.providers.replicate import (
     ReplicateFluxLora,
     ReplicateSettings,
     Training,
-    WebhookVerificationError,
     replicate_provider,
     training_percent,
-    verify_webhook,
 )
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from tests.fakes import RecordingSleep, reference_image

@@ -34,7 +34,6 @@ Uncertain (see the settings' docstring too):
 from __future__ import annotations
 
 import asyncio
-import hmac
 import io
 import json
 import logging
@@ -52,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from contracts import SimulationNote
 from contracts.values import AspectRatio
+from infra.webhooks.leonardo import PROVIDER_NAME as PROVIDER_NAME
 from services.provider_adapter.ports import (
     GeneratedImage,
     IdentityRequest,
@@ -75,7 +75,6 @@ from services.provider_adapter.providers.http import (
 
 log = logging.getLogger(__name__)
 
-PROVIDER_NAME: Final = "leonardo-character-reference"
 KEY_SETTING: Final = "LEONARDO_API_KEY (or LIKENESS_PROVIDER_ADAPTER_LEONARDO_API_KEY)"
 BASE_URL: Final = "https://cloud.leonardo.ai/api/rest/v1"
 # Leonardo Kino XL (an SDXL model; the docs' image-guidance sample uses it).
@@ -190,22 +189,6 @@ def init_image_id(identity: str, provider: str = PROVIDER_NAME) -> str:
     if match is None or match["provider"] != provider:
         raise PermanentProviderError(f"{identity!r} is not a {provider} identity; rebuild it.")
     return match["init_image_id"]
-
-
-def verify_webhook(authorization: str | None, callback_key: SecretStr | str | None) -> bool:
-    """Whether a webhook call carries the callback key configured on the Leonardo API key.
-
-    Leonardo sends `authorization: Bearer <webhook callback API key>` (docs: guide to the webhook
-    callback feature); the body is not signed. No key configured, or no header, is False: an
-    unauthenticated webhook is never accepted. The compare is constant-time.
-    """
-    expected = callback_key.get_secret_value() if isinstance(callback_key, SecretStr) else callback_key
-    if not expected or not expected.strip() or authorization is None:
-        return False
-    scheme, _, presented = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(presented.strip().encode(), expected.encode())
 
 
 class LeonardoCharacterReference:
