@@ -19,6 +19,7 @@ from contracts.events import (
     ShotStored,
 )
 from contracts.values import (
+    ArtifactRef,
     ClipScore,
     FaceScore,
     ImageRef,
@@ -37,6 +38,7 @@ __all__ = [
     "EVENTS_BY_SUBJECT",
     "STREAM_NAME",
     "STREAM_SUBJECTS",
+    "ArtifactRef",
     "CharacterCompleted",
     "CharacterRequested",
     "ClipScore",

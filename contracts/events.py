@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from contracts.envelope import Event
 from contracts.values import (
+    ArtifactRef,
     FailureStage,
     ImageRef,
     ProviderName,
@@ -64,6 +65,11 @@ class IdentityReady(Event):
     training_seconds: float = Field(ge=0.0)
     cost_usd: float = Field(ge=0.0)
     simulated: bool
+    weights: ArtifactRef | None = Field(
+        default=None,
+        description="The trained weights, copied into our object storage, where the provider hands them out "
+        "(fal Flux LoRA, Replicate); None for reference-based providers and those that keep weights to themselves.",
+    )
 
 
 class IdentityFailed(Event):

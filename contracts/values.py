@@ -28,6 +28,16 @@ class ImageRef(Message):
     size_bytes: int = Field(ge=1)
 
 
+class ArtifactRef(Message):
+    """A model artifact (a LoRA's weights) copied into object storage: a claim check, like ImageRef."""
+
+    key: str = Field(min_length=1, max_length=512, description="Object key (content-addressed by sha256).")
+    sha256: Sha256
+    size_bytes: int = Field(ge=1)
+    content_type: str = Field(min_length=1, max_length=200)
+    file_name: str = Field(min_length=1, max_length=255, description="The provider's name for the file.")
+
+
 class ShotParams(Message):
     """What an app asks of one shot."""
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from contracts import CharacterRequested, ImageRef, ShotParams, ShotRequested, Strategy
 from infra.bus import publish_event
+from infra.objects import artifact_key, image_key
 from services.gateway.auth import Tenant
 from services.gateway.deps import Gateway
 from services.gateway.images import ImageLimits, ImageRejected, read_limited, validate_reference
@@ -138,13 +139,29 @@ async def get_shot(request: Request, tenant: Tenant, shot_id: UUID) -> dict[str,
 @router.get("/images/{sha256}", response_class=Response)
 async def get_image(request: Request, tenant: Tenant, sha256: str) -> Response:
     """A reference or shot image by its sha256 (only the tenant's own images)."""
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "sha256 must be 64 lowercase hex digits")
-    found = await _gateway(request).store.get_with_type(f"{tenant}/images/{sha256}")
+    _check_sha256(sha256)
+    found = await _gateway(request).store.get_with_type(image_key(tenant, sha256))
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image {sha256}")
     data, content_type = found
     return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/artifacts/{sha256}", response_class=StreamingResponse)
+async def get_artifact(request: Request, tenant: Tenant, sha256: str) -> StreamingResponse:
+    """Trained weights copied from a provider (a character's `identity.weights`), only the tenant's own."""
+    _check_sha256(sha256)
+    found = await _gateway(request).store.stream(artifact_key(tenant, sha256))
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no artifact {sha256}")
+    content_type, size, chunks = found
+    headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{sha256}"'}
+    return StreamingResponse(chunks, media_type=content_type, headers=headers)
+
+
+def _check_sha256(sha256: str) -> None:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "sha256 must be 64 lowercase hex digits")
 
 
 @router.get("/characters/{character_id}/events", response_class=StreamingResponse)

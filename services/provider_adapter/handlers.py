@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from contracts import (
+    ArtifactRef,
     Event,
     GenerateShot,
     IdentityFailed,
@@ -96,7 +97,12 @@ async def on_shot_requested(event: ShotRequested, *, identities: Identities) -> 
 
 
 async def identity_settled(
-    event: ReferencesStored, status: IdentityStatus, *, identities: Identities, simulated: bool
+    event: ReferencesStored,
+    status: IdentityStatus,
+    *,
+    identities: Identities,
+    simulated: bool,
+    weights: ArtifactRef | None = None,
 ) -> list[Event]:
     """Record the identity's outcome and release (or fail) every shot that waited for it.
 
@@ -111,6 +117,7 @@ async def identity_settled(
         record=record,
         provider=event.provider,
         simulated=simulated,
+        weights=weights,
         ready=lambda **fields: IdentityReady.follow(event, **fields),
         failed=lambda **fields: IdentityFailed.follow(event, **fields),
     )
@@ -124,6 +131,7 @@ async def identity_settled_by_webhook(
     tenant_id: str,
     identities: Identities,
     simulated: bool,
+    weights: ArtifactRef | None = None,
 ) -> list[Event]:
     """As `identity_settled`, when a provider's webhook led us to check the job before the next poll.
 
@@ -149,6 +157,7 @@ async def identity_settled_by_webhook(
         record=record,
         provider=record.provider,
         simulated=simulated,
+        weights=weights,
         ready=ready,
         failed=failed,
     )
@@ -161,6 +170,7 @@ async def _settle(
     record: IdentityRecord,
     provider: str,
     simulated: bool,
+    weights: ArtifactRef | None,
     ready: Callable[..., IdentityReady],
     failed: Callable[..., IdentityFailed],
 ) -> list[Event]:
@@ -176,6 +186,7 @@ async def _settle(
             training_seconds=status.training_seconds,
             cost_usd=status.cost_usd,
             simulated=simulated,
+            weights=weights,
         )
         return [done, *(generate_command(shot, identity, done) for shot in waiting)]
     reason = status.reason or "the provider gave no reason"

@@ -26,6 +26,7 @@ from infra.bus import RetryLater, backoff_s, delivery_count, publish_event
 from infra.runtime import Runtime
 from services.provider_adapter import handlers
 from services.provider_adapter.adapters.identities import PostgresIdentities
+from services.provider_adapter.artifacts import WeightsCopier
 from services.provider_adapter.ports import (
     GeneratedImage,
     IdentityStatus,
@@ -34,9 +35,15 @@ from services.provider_adapter.ports import (
     ReferenceImage,
     TransientProviderError,
 )
+from services.provider_adapter.providers.http import http_timeout
 from services.provider_adapter.settings import ProviderAdapterSettings
 
 log = logging.getLogger(__name__)
+
+
+def weights_copier(runtime: Runtime, settings: ProviderAdapterSettings) -> WeightsCopier:
+    timeout = http_timeout(connect_s=settings.http_connect_timeout_s, read_s=settings.http_read_timeout_s)
+    return WeightsCopier(runtime.store, timeout=timeout, max_bytes=settings.weights_max_bytes)
 
 
 class ProviderWork:
@@ -44,6 +51,7 @@ class ProviderWork:
         self.runtime = runtime
         self.providers = providers
         self.settings = settings
+        self.weights = weights_copier(runtime, settings)
 
     async def load_references(self, refs: list[ImageRef]) -> list[ReferenceImage]:
         return [ReferenceImage(ref=ref, data=await self.runtime.store.get(ref.key)) for ref in refs]
@@ -96,12 +104,24 @@ class ProviderWork:
             )
         except PermanentProviderError as refused:  # retrying cannot help: the identity fails, with the reason
             status = IdentityStatus(state="failed", reason=f"the provider refused the identity: {refused}")
+        weights = None
+        if status.state == "ready" and status.weights is not None:
+            try:
+                weights = await self.weights.copy(event.tenant_id, status.weights, heartbeat)
+            except TransientProviderError as error:  # the job is done at the provider: poll and copy again later
+                raise RetryLater(str(error), delay_s=error.retry_after_s or 5.0) from error
+            except PermanentProviderError as refused:  # the identity still works from the provider's copy
+                log.warning("identity %s is ready without our copy of its weights: %s", event.character_id, refused)
         async with self.runtime.delivery.unit_of_work(event, consumer) as work:
             if work.already_done:
                 return
             work.emit(
                 *await handlers.identity_settled(
-                    event, status, identities=PostgresIdentities(work.conn), simulated=provider.simulated
+                    event,
+                    status,
+                    identities=PostgresIdentities(work.conn),
+                    simulated=provider.simulated,
+                    weights=weights,
                 )
             )
 

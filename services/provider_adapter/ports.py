@@ -47,6 +47,23 @@ class IdentityRequest:
 
 
 @dataclass(frozen=True)
+class WeightsFile:
+    """Trained weights a provider hands out, to be copied into our storage before its link expires.
+
+    `trusted_origin`: the provider's own API origin, fetched even where it is not a public address (a
+    self-hosted provider, a loopback fake); any other host must resolve to public addresses only.
+    """
+
+    url: str
+    file_name: str
+    content_type: str = "application/octet-stream"
+    trusted_origin: str | None = None
+
+    def __repr__(self) -> str:  # provider file URLs can carry signed tokens: never log them whole
+        return f"WeightsFile(file_name={self.file_name!r})"
+
+
+@dataclass(frozen=True)
 class IdentityStatus:
     state: Literal["pending", "ready", "failed"]
     percent: float = 0.0
@@ -54,6 +71,7 @@ class IdentityStatus:
     reason: str | None = None
     training_seconds: float = 0.0
     cost_usd: float = 0.0
+    weights: WeightsFile | None = None
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ class ProviderAdapterSettings(BaseSettings):
         description="The gateway's public URL. Set, Replicate trainings and Astria tunes and prompts are told to "
         "call <it>/v1/webhooks/<provider> when done (polling still runs: whichever comes first settles the job).",
     )
+    weights_max_bytes: int = Field(
+        default=4 * 1024**3,
+        gt=0,
+        description="The largest trained-weights file copied into our storage (a Flux LoRA is tens to hundreds of MB).",
+    )
     astria_callback_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_ASTRIA_CALLBACK_SECRET", "ASTRIA_CALLBACK_SECRET"),

@@ -16,7 +16,7 @@ from services.provider_adapter.webhooks import WebhookWork
 def build_router(runtime: Runtime, providers: dict[str, Provider], settings: ProviderAdapterSettings) -> NatsRouter:
     router = NatsRouter()
     work = ProviderWork(runtime, providers, settings)
-    webhooks = WebhookWork(runtime, providers)
+    webhooks = WebhookWork(runtime, providers, work.weights)
 
     @subscribe(router, ReferencesStored, "provider-references-stored", ack_wait_s=30.0, max_deliver=100)
     async def on_references_stored(event: ReferencesStored, msg: NatsMessage) -> None:

@@ -17,15 +17,17 @@ from contracts import ProviderWebhookReceived
 from infra.runtime import Runtime
 from services.provider_adapter import handlers
 from services.provider_adapter.adapters.identities import PostgresIdentities
-from services.provider_adapter.ports import PermanentProviderError, Provider
+from services.provider_adapter.artifacts import WeightsCopier
+from services.provider_adapter.ports import PermanentProviderError, Provider, ProviderError
 
 log = logging.getLogger(__name__)
 
 
 class WebhookWork:
-    def __init__(self, runtime: Runtime, providers: dict[str, Provider]) -> None:
+    def __init__(self, runtime: Runtime, providers: dict[str, Provider], weights: WeightsCopier) -> None:
         self.runtime = runtime
         self.providers = providers
+        self.weights = weights
 
     async def act_on(self, webhook: ProviderWebhookReceived) -> None:
         context = f"provider={webhook.provider} delivery={webhook.delivery_id} job={webhook.job_id}"
@@ -55,6 +57,13 @@ class WebhookWork:
         if status.state == "pending":
             log.info("webhook (%s): the identity is still building (%.0f %%)", context, status.percent)
             return
+        weights = None
+        if status.state == "ready" and status.weights is not None:
+            try:
+                weights = await self.weights.copy(record.tenant_id, status.weights)
+            except ProviderError as error:  # polling settles it, copying again (or without a copy, if refused)
+                log.warning("webhook (%s): could not copy the trained weights (%s); polling settles it", context, error)
+                return
         consumer = self.runtime.delivery.consumer("provider-webhook")
         async with self.runtime.delivery.unit_of_work(webhook, consumer) as work:
             if work.already_done:
@@ -66,6 +75,7 @@ class WebhookWork:
                 tenant_id=record.tenant_id,
                 identities=PostgresIdentities(work.conn),
                 simulated=provider.simulated,
+                weights=weights,
             )
             work.emit(*events)
         log.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -33,6 +34,19 @@ def assert_fifteen_same_shots_scored_once(system: RunningSystem, character_id: s
         assert shot["simulation"]["transform"].startswith("fake fal server on loopback, not fal.ai")
 
 
+def assert_weights_copied_for_this_tenant_only(system: RunningSystem, identity: dict[str, Any], name: str) -> None:
+    """The trained weights the provider handed out are in our storage, served to the tenant and no other."""
+    weights = identity["weights"]
+    assert weights is not None
+    assert weights["file_name"].endswith(name)
+    download = system.client.http.get(weights["url"])
+    assert download.status_code == 200
+    assert hashlib.sha256(download.content).hexdigest() == weights["sha256"]
+    assert len(download.content) == weights["size_bytes"]
+    assert download.content.startswith(b"fake LoRA weights")  # the fake's file, byte for byte
+    assert system.other_tenant.http.get(weights["url"]).status_code == 404
+
+
 def test_a_flux_lora_character_trains_once_then_gets_fifteen_shots_scored_once_each(system: RunningSystem) -> None:
     fake = system.fal
     trainings_before, flux_before = fake.training_submits, len(fake.received_flux_lora)
@@ -47,6 +61,7 @@ def test_a_flux_lora_character_trains_once_then_gets_fifteen_shots_scored_once_e
     lora = character["identity"]["identity_ref"].split(":", 2)[2]
     assert {item.loras[0].path for item in sent} == {lora}
     assert FILE_PREFIX in lora
+    assert_weights_copied_for_this_tenant_only(system, character["identity"], "-lora.safetensors")
 
     adapter_log = system.services.running["provider_adapter"].log_path.read_text(errors="replace")
     assert fake.api_key not in adapter_log

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import RunningSystem
+from tests.e2e.test_fal_flux_lora import assert_weights_copied_for_this_tenant_only
 from tests.e2e.test_sample_character import score_rows_per_shot, submit_sample, wait_completed
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +58,7 @@ def test_a_replicate_character_trains_once_and_gets_fifteen_scored_shots(system:
     assert (character["provider"], identity["state"]) == ("replicate-flux-lora", "ready")
     assert identity["identity_ref"].startswith("replicate-flux-lora:")
     assert identity["cost_usd"] > 0  # the training's GPU seconds at the H100 rate
+    assert_weights_copied_for_this_tenant_only(system, identity, "-trained_model.tar")
     shots = character["shots"]
     assert [shot["status"] for shot in shots] == ["scored"] * 15
     assert set(score_rows_per_shot(system, character["character_id"]).values()) == {1}

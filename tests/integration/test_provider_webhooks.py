@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import secrets
@@ -35,7 +36,7 @@ from services.gateway.settings import GatewaySettings
 from services.provider_adapter import handlers
 from services.provider_adapter.adapters.identities import PostgresIdentities
 from services.provider_adapter.app import MIGRATIONS
-from services.provider_adapter.jobs import ProviderWork
+from services.provider_adapter.jobs import ProviderWork, weights_copier
 from services.provider_adapter.ports import IdentityRequest, Provider
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.replicate import ReplicateSettings, replicate_provider
@@ -291,7 +292,7 @@ async def test_a_webhook_settles_a_pending_replicate_training_once(runtime: Runt
                 if fake.status_of(training_id) == "succeeded":
                     break
                 await provider.identity_status(job_id)
-            work = WebhookWork(runtime, {provider.name: provider})
+            work = webhook_work(runtime, {provider.name: provider})
 
             def webhook(delivery_id: str) -> ProviderWebhookReceived:
                 return ProviderWebhookReceived(
@@ -309,7 +310,8 @@ async def test_a_webhook_settles_a_pending_replicate_training_once(runtime: Runt
             async with runtime.pool.acquire() as conn:
                 record = await PostgresIdentities(conn).lock(character_id, "studio")
                 outbox = await conn.fetch(
-                    "SELECT subject FROM messaging.outbox WHERE payload->>'character_id' = $1", str(character_id)
+                    "SELECT subject, payload FROM messaging.outbox WHERE payload->>'character_id' = $1",
+                    str(character_id),
                 )
                 # the poll that finds the training finished afterwards says nothing more
                 async with conn.transaction():
@@ -327,6 +329,17 @@ async def test_a_webhook_settles_a_pending_replicate_training_once(runtime: Runt
     assert record.identity_ref.startswith("replicate-flux-lora:")
     assert [row["subject"] for row in outbox] == ["likeness.identity.ready.v1"]
     assert late == []
+    # the trained weights Replicate handed out were copied into our storage, named in IdentityReady
+    weights = outbox[0]["payload"]["weights"]
+    assert weights["file_name"].endswith("trained_model.tar")
+    copied = await runtime.store.get(weights["key"])
+    assert weights["key"] == f"studio/artifacts/{hashlib.sha256(copied).hexdigest()}"
+    assert copied.startswith(b"fake LoRA weights")
+    assert len(copied) == weights["size_bytes"]
+
+
+def webhook_work(runtime: Runtime, providers: dict[str, Provider]) -> WebhookWork:
+    return WebhookWork(runtime, providers, weights_copier(runtime, ProviderAdapterSettings()))
 
 
 class HeartbeatOnly:
@@ -392,7 +405,7 @@ async def test_a_webhook_finishes_a_training_before_the_next_poll_and_the_poll_t
                 job_id=training_id,
                 status="succeeded",
             )
-            await WebhookWork(runtime, providers).act_on(webhook)
+            await webhook_work(runtime, providers).act_on(webhook)
             settled_after = time.monotonic() - started
             async with runtime.pool.acquire() as conn:
                 status_after_webhook = (await PostgresIdentities(conn).lock(character_id, "studio")).status
@@ -414,7 +427,7 @@ async def test_a_webhook_finishes_a_training_before_the_next_poll_and_the_poll_t
 
 
 async def test_a_webhook_for_no_identity_of_ours_changes_nothing(runtime: Runtime) -> None:
-    work = WebhookWork(runtime, {})
+    work = webhook_work(runtime, {})
     event = ProviderWebhookReceived(
         correlation_id=uuid.uuid4(),
         tenant_id="provider-webhook",

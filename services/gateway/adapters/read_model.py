@@ -40,6 +40,13 @@ def _shot(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+def _weights(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The copied weights, with where to download them (`GET /v1/artifacts/<sha256>`)."""
+    if stored is None:
+        return None
+    return {**stored, "url": f"/v1/artifacts/{stored['sha256']}"}
+
+
 class ReadModel:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -72,6 +79,7 @@ class ReadModel:
                 "cost_usd": row["identity_cost_usd"],
                 "simulated": bool(row["identity_simulated"]),
                 "failure": row["identity_failure"],
+                "weights": _weights(row["identity_weights"]),
             }
         return {
             "character_id": str(row["character_id"]),

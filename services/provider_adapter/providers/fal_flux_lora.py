@@ -12,7 +12,9 @@ Progress while training is an estimate: 0 % while IN_QUEUE; while IN_PROGRESS, t
 logs' shape but not their text, so the fraction is a best guess, not a promise.
 
 The identity_ref is `fal-flux-lora:<trigger word>:<LoRA URL>`: a shot prefixes its prompt with the
-trigger word and loads the LoRA from fal's URL. The weights stay at fal (not copied into our storage).
+trigger word and loads the LoRA from fal's URL (fal must be able to fetch it). The ready status also
+names the LoRA file, and the service copies it into our object storage (`IdentityReady.weights`), since
+fal's file links are not kept forever.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from uuid import UUID
 
+import httpx
+
 from services.provider_adapter.ports import (
     GeneratedImage,
     IdentityRequest,
@@ -31,6 +35,7 @@ from services.provider_adapter.ports import (
     PermanentProviderError,
     ProgressCallback,
     ShotRequest,
+    WeightsFile,
 )
 from services.provider_adapter.providers.fal_queue import (
     FalAdapter,
@@ -42,6 +47,7 @@ from services.provider_adapter.providers.fal_queue import (
     image_size,
     request_urls,
 )
+from services.provider_adapter.providers.http import origin
 
 PROVIDER_NAME: Final = "fal-flux-lora"
 TRAINING_MODEL: Final = "fal-ai/flux-lora-fast-training"
@@ -65,6 +71,12 @@ class FluxLoraSettings(FalSettings):
 class _Training(FalModel):
     diffusers_lora_file: File
     config_file: File | None = None
+
+
+def weights_file(url: str, provider_url: str, fallback_name: str) -> WeightsFile:
+    """The weights at `url`, named after the last part of its path; `provider_url`'s origin is trusted."""
+    name = httpx.URL(url).path.rsplit("/", 1)[-1] or fallback_name
+    return WeightsFile(url=url, file_name=name[:255], trusted_origin=origin(provider_url))
 
 
 def trigger_word(character_id: UUID) -> str:
@@ -138,6 +150,7 @@ class FalFluxLora(FalAdapter[FluxLoraSettings]):
             identity_ref=f"{PROVIDER_NAME}:{job['trigger']}:{output.diffusers_lora_file.url}",
             training_seconds=float(seconds or 0.0),
             cost_usd=self._settings.training_usd_per_run,
+            weights=weights_file(output.diffusers_lora_file.url, self._settings.queue_url, "lora.safetensors"),
         )
 
     def arguments(self, request: ShotRequest) -> dict[str, Any]:

@@ -67,7 +67,7 @@ from services.provider_adapter.ports import (
     ShotRequest,
     TransientProviderError,
 )
-from services.provider_adapter.providers.fal_flux_lora import reference_zip, trigger_word
+from services.provider_adapter.providers.fal_flux_lora import reference_zip, trigger_word, weights_file
 from services.provider_adapter.providers.fal_queue import data_uri, report, sniff_content_type
 from services.provider_adapter.providers.http import (
     FAKE_MARKER_HEADER,
@@ -323,6 +323,11 @@ class ReplicateFluxLora:
             percent=100.0,
             identity_ref=f"{PROVIDER_NAME}:{job['trigger']}:{trained['model']}:{trained['version']}",
             training_seconds=seconds,
+            weights=(
+                weights_file(training.output.weights, self._settings.base_url, "trained_model.tar")
+                if training.output is not None and training.output.weights
+                else None
+            ),
             cost_usd=round(cost, 6),
         )
 

@@ -66,13 +66,15 @@ class PostgresRecords:
     async def mark_identity_ready(self, event: IdentityReady) -> None:
         await self._conn.execute(
             """UPDATE records.characters SET status='ready', identity_percent=100, identity_ref=$2,
-                   training_seconds=$3, identity_cost_usd=$4, identity_simulated=$5, updated_at=now()
+                   training_seconds=$3, identity_cost_usd=$4, identity_simulated=$5,
+                   identity_weights=$6::text::jsonb, updated_at=now()
                WHERE character_id=$1""",
             event.character_id,
             event.identity_ref,
             event.training_seconds,
             event.cost_usd,
             event.simulated,
+            None if event.weights is None else event.weights.model_dump_json(),
         )
 
     async def mark_identity_failed(self, character_id: UUID, reason: str) -> None:
