@@ -17,6 +17,15 @@ data URI (a 422 `image_load_error` if it holds no image), runs IN_QUEUE, then IN
 `diffusers_lora_file` served here; flux-lora takes only a LoRA URL this fake issued (422 otherwise)
 and renders the training's first reference. Nothing here is fal's output,
 and every answer says so: the `X-Likeness-Fake: fal` header, and file names starting "fake-fal-".
+
+Webhooks (provider-contracts.md, "Webhooks [doc]"): a submit with `?fal_webhook=<url>` runs on by itself
+(one step each `webhook_tick_s`, as well as on polls) and, once finished, POSTs
+`{request_id, gateway_request_id, status: OK|ERROR, payload}` (an ERROR carries `error` and the error
+body as `payload`) to that URL, signed as fal signs: Ed25519 with this instance's own key, whose JWKS is
+served at `GET /.well-known/jwks.json`. A cancelled request calls nothing back (fal documents nothing
+for it). Deliveries go to loopback only (127.0.0.0/8, ::1, localhost); any other URL is logged, never
+called. `tamper_webhooks` makes the next deliveries carry a bad signature or a stale timestamp; `close`
+awaits (then cancels) deliveries still under way.
 """
 
 from __future__ import annotations
@@ -26,17 +35,22 @@ import base64
 import binascii
 import hashlib
 import io
+import ipaddress
 import json
+import logging
 import threading
 import time
 import uuid
 import zipfile
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import httpx
 import numpy as np
+from Crypto.PublicKey import ECC
+from Crypto.PublicKey.ECC import EccKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -45,6 +59,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.fakes.faults import Fault, FaultScript
+from infra.webhooks.fal import jwks_document, sign_fal_webhook
 from services.provider_adapter.providers import sim_images
 from services.provider_adapter.providers.fal import MODEL, NAMED_SIZES
 from services.provider_adapter.providers.fal_flux_lora import MODEL as FLUX_LORA_MODEL
@@ -52,8 +67,12 @@ from services.provider_adapter.providers.fal_flux_lora import TRAINING_MODEL
 from services.provider_adapter.providers.fal_redux import MODEL as REDUX_MODEL
 from services.provider_adapter.providers.http import FAKE_MARKER_HEADER, FAKE_TRANSFORM_HEADER
 
+log = logging.getLogger(__name__)
+
 FILE_PREFIX: Final = "fake-fal-"
-Endpoint = Literal["submit", "train", "status", "result", "cancel", "file"]  # "train": a training's submit
+JWKS_PATH: Final = "/.well-known/jwks.json"
+Endpoint = Literal["submit", "train", "status", "result", "cancel", "file", "jwks"]  # "train": a training's submit
+WebhookTamper = Literal["bad_signature", "stale_timestamp"]
 NamedSize = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 
 
@@ -169,6 +188,7 @@ class _Job:
     reference: bytes = b""  # a training's first image
     steps: int = 0
     polls_in_progress: int = 0
+    webhook: str | None = None  # the submit's `fal_webhook`
 
     def urls(self) -> dict[str, str]:
         app = "/".join(self.model.split("/")[:2])  # fal's request URLs drop a model's subpath
@@ -198,10 +218,20 @@ class FalFake:
     received_flux_lora: list[FluxLoraInput] = field(default_factory=list, init=False, repr=False)
     received_redux: list[ReduxInput] = field(default_factory=list, init=False, repr=False)
     outputs: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)  # results served
+    webhook_user_id: str = "fake-fal-user"  # X-Fal-Webhook-User-Id
+    webhook_tick_s: float = 0.05  # how often a request with a webhook moves on without being polled
+    webhook_retries: int = 0  # deliveries tried again (after `webhook_retry_s`) when not answered 2xx
+    webhook_retry_s: float = 0.2
+    webhook_key: EccKey = field(default_factory=lambda: ECC.generate(curve="Ed25519"), repr=False)
+    webhook_urls: list[str] = field(default_factory=list, init=False)  # each accepted submit's fal_webhook
+    webhooks_sent: list[tuple[str, str, int | None]] = field(default_factory=list, init=False)  # url, request, HTTP
     _faults: FaultScript = field(default_factory=FaultScript, init=False, repr=False)
     _failures: deque[Failure] = field(default_factory=deque, init=False, repr=False)
     _jobs: dict[str, _Job] = field(default_factory=dict, init=False, repr=False)
     _loras: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)  # LoRA URL: first reference
+    _tampers: deque[WebhookTamper] = field(default_factory=deque, init=False, repr=False)
+    _background: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)  # drivers, deliveries
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def inject(self, endpoint: Endpoint, *faults: Fault) -> None:
@@ -213,9 +243,39 @@ class FalFake:
         with self._lock:
             self._failures.extend([failure or Failure()] * count)
 
+    def tamper_webhooks(self, *tampers: WebhookTamper) -> None:
+        """The next webhook deliveries, one each: signed with another key, or a timestamp an hour old."""
+        with self._lock:
+            self._tampers.extend(tampers)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """From any thread: await the deliveries still under way (up to `timeout_s`), then cancel what is left.
+
+        Call it before stopping the server; a server stopped without it cancels them with its loop.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return
+        if _running_loop() is loop:
+            raise RuntimeError("FalFake.close() from the fake's own loop would block it: await drain() instead")
+        asyncio.run_coroutine_threadsafe(self.drain(timeout_s), loop).result(timeout_s + 5.0)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """On the fake's loop: wait for background work (drivers, deliveries) up to `timeout_s`, then cancel it."""
+        deadline = time.monotonic() + timeout_s
+        while self._background and time.monotonic() < deadline:  # a driver that finishes starts a delivery
+            await asyncio.wait(set(self._background), timeout=deadline - time.monotonic())
+        late = set(self._background)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
     @property
     def app(self) -> ASGIApp:
-        routes = [Route("/files/{request_id}/{file_name}", self._file, methods=["GET"])]
+        routes = [
+            Route("/files/{request_id}/{file_name}", self._file, methods=["GET"]),
+            Route(JWKS_PATH, self._jwks, methods=["GET"]),
+        ]
         models = ((MODEL, self._submit), (FLUX_LORA_MODEL, self._submit), (TRAINING_MODEL, self._train))
         for model, submit in (*models, (REDUX_MODEL, self._submit)):
             app = "/".join(model.split("/")[:2])
@@ -298,10 +358,14 @@ class FalFake:
             failure = self._failures.popleft() if self._failures else None
         request_id = str(uuid.uuid4())
         job = _Job(request_id, model, str(request.base_url).rstrip("/"), render, self.queue_position, failure)
+        job.webhook = request.query_params.get("fal_webhook") or None
         self._jobs[request_id] = job
         self.accepted += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if job.webhook is not None:
+            self.webhook_urls.append(job.webhook)
+            self._spawn(self._drive(job))
         return job, JSONResponse(
             {"request_id": request_id, **job.urls(), "status": "IN_QUEUE", "queue_position": job.queue_position}
         )
@@ -311,19 +375,7 @@ class FalFake:
         job, refused = await self._job(request, "status")
         if job is None:
             return refused
-        if job.state == "IN_QUEUE":
-            if job.queue_position > 0:
-                job.queue_position -= 1
-            else:
-                job.state, job.started = "IN_PROGRESS", time.monotonic()
-                if job.render_input is not None:
-                    job.render = asyncio.create_task(asyncio.to_thread(_render, job.render_input))
-        elif job.state == "IN_PROGRESS" and job.render_input is None:
-            job.polls_in_progress += 1
-            if job.polls_in_progress > self.training_polls and time.monotonic() - job.started >= self.training_s:
-                self._complete_training(job)
-        elif job.state == "IN_PROGRESS" and job.render is not None and job.render.done():
-            self._complete(job)
+        self._advance(job)
         body: dict[str, Any] = {"status": "COMPLETED" if job.state == "CANCELLED" else job.state, **job.urls()}
         body["request_id"] = job.request_id
         if job.state == "IN_QUEUE":
@@ -368,6 +420,11 @@ class FalFake:
         job.state = "CANCELLED"
         self.in_flight -= 1
         return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+    async def _jwks(self, request: Request) -> Response:
+        """fal's public webhook keys (no key needed: fal publishes them); here, this instance's one key."""
+        faulted = await self._fault("jwks")
+        return faulted if faulted is not None else JSONResponse(jwks_document(self.webhook_key))
 
     async def _file(self, request: Request) -> Response:
         faulted = await self._fault("file")
@@ -415,6 +472,22 @@ class FalFake:
             return None, _detail(404, "Request not found")
         return job, Response()
 
+    def _advance(self, job: _Job) -> None:
+        """One step of a request's life, on a status poll (or a tick, for one with a webhook)."""
+        if job.state == "IN_QUEUE":
+            if job.queue_position > 0:
+                job.queue_position -= 1
+            else:
+                job.state, job.started = "IN_PROGRESS", time.monotonic()
+                if job.render_input is not None:
+                    job.render = asyncio.create_task(asyncio.to_thread(_render, job.render_input))
+        elif job.state == "IN_PROGRESS" and job.render_input is None:
+            job.polls_in_progress += 1
+            if job.polls_in_progress > self.training_polls and time.monotonic() - job.started >= self.training_s:
+                self._complete_training(job)
+        elif job.state == "IN_PROGRESS" and job.render is not None and job.render.done():
+            self._complete(job)
+
     def _complete(self, job: _Job) -> None:
         assert job.render is not None
         job.state = "COMPLETED"
@@ -430,6 +503,7 @@ class FalFake:
                 detail=[{"loc": loc, "msg": f"Image load error: {error}", "type": "image_load_error"}],
             )
         if job.failure is not None:
+            self._notify(job)
             return
         image, job.transform, width, height = job.render.result()
         arguments = job.render_input
@@ -444,12 +518,14 @@ class FalFake:
             "timings": {"inference": job.inference_s},
         }
         self.outputs.append(job.output)
+        self._notify(job)
 
     def _complete_training(self, job: _Job) -> None:
         job.state = "COMPLETED"
         job.inference_s = round(time.monotonic() - job.started, 3)
         self.in_flight -= 1
         if job.failure is not None:
+            self._notify(job)
             return
         lora = f"{FILE_PREFIX}{job.request_id}-lora.safetensors"
         config = f"{FILE_PREFIX}{job.request_id}-config.json"
@@ -458,12 +534,96 @@ class FalFake:
         job.output = {"diffusers_lora_file": self._served(job, lora), "config_file": self._served(job, config)}
         self._loras[job.output["diffusers_lora_file"]["url"]] = job.reference
         self.outputs.append(job.output)
+        self._notify(job)
+
+    # --- webhooks ----------------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Background work on the server's loop, kept until done (so `close` can await or cancel it)."""
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drive(self, job: _Job) -> None:
+        """A request with a webhook finishes without being polled, as on fal: one step per tick."""
+        while job.state in ("IN_QUEUE", "IN_PROGRESS"):
+            await asyncio.sleep(self.webhook_tick_s)
+            self._advance(job)
+
+    def _notify(self, job: _Job) -> None:
+        """The documented webhook body for a finished request, sent in the background (once per request)."""
+        if job.webhook is None:
+            return
+        body: dict[str, Any] = {"request_id": job.request_id, "gateway_request_id": job.request_id}
+        if job.failure is None:
+            body.update(status="OK", payload=job.output)
+        else:
+            body.update(
+                status="ERROR",
+                error=f"Invalid status code: {job.failure.result_status}",
+                payload={"detail": job.failure.detail},
+            )
+        with self._lock:
+            tamper = self._tampers.popleft() if self._tampers else None
+        self._spawn(self._deliver(job.webhook, job.request_id, json.dumps(body).encode(), tamper))
+
+    async def _deliver(self, url: str, request_id: str, body: bytes, tamper: WebhookTamper | None) -> None:
+        if not _loopback(url):
+            log.warning("fake fal: webhook for %s not sent: %r is not a loopback URL", request_id, url[:200])
+            self.webhooks_sent.append((url, request_id, None))
+            return
+        for attempt in range(self.webhook_retries + 1):
+            if attempt:
+                await asyncio.sleep(self.webhook_retry_s)
+            timestamp = int(time.time()) - (3600 if tamper == "stale_timestamp" else 0)
+            key = ECC.generate(curve="Ed25519") if tamper == "bad_signature" else self.webhook_key
+            headers = {
+                "content-type": "application/json",
+                "user-agent": "fake-fal-webhook (Likeness test fake)",
+                **sign_fal_webhook(
+                    key, request_id=request_id, user_id=self.webhook_user_id, timestamp=timestamp, body=body
+                ),
+            }
+            status: int | None = None
+            try:
+                async with httpx.AsyncClient(timeout=5.0, follow_redirects=False, trust_env=False) as client:
+                    status = (await client.post(url, content=body, headers=headers)).status_code
+            except httpx.HTTPError as error:
+                log.info("fake fal: webhook for %s to %s failed: %s", request_id, url[:200], type(error).__name__)
+            self.webhooks_sent.append((url, request_id, status))
+            if status is not None and 200 <= status < 300:
+                return
 
     @staticmethod
     def _served(job: _Job, file_name: str) -> dict[str, Any]:
         data, content_type = job.files[file_name]
         url = f"{job.base_url}/files/{job.request_id}/{file_name}"
         return {"url": url, "content_type": content_type, "file_name": file_name, "file_size": len(data)}
+
+
+def _loopback(url: str) -> bool:
+    """Whether `url` is http(s) on this machine: 127.0.0.0/8, ::1 or localhost (the fake calls nothing else)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    host = parsed.host
+    if parsed.scheme not in ("http", "https") or not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _seed(arguments: _ImageInput) -> int:

@@ -16,6 +16,7 @@ from typing import Final
 from infra.fakes import FAKED_PROVIDERS
 from infra.fakes.astria import AstriaFake
 from infra.fakes.comfyui import ComfyUIFake
+from infra.fakes.fal import JWKS_PATH as FAL_JWKS_PATH
 from infra.fakes.fal import FalFake
 from infra.fakes.leonardo import API_PREFIX as LEONARDO_PREFIX
 from infra.fakes.leonardo import LeonardoFake
@@ -41,6 +42,7 @@ class FakeFleet:
             f"{_PREFIX}FAL_QUEUE_URL": self.urls["fal"],
             f"{_PREFIX}FAL_POLL_S": "0.1",
             f"{_PREFIX}FAL_POLL_MAX_S": "0.5",
+            "LIKENESS_GATEWAY_FAL_JWKS_URL": self.urls["fal"] + FAL_JWKS_PATH,  # the fake signs its webhooks
             f"{_PREFIX}LEONARDO_API_KEY": self.leonardo.api_key,
             f"{_PREFIX}LEONARDO_BASE_URL": self.urls["leonardo"] + LEONARDO_PREFIX,
             f"{_PREFIX}LEONARDO_POLL_S": "0.1",

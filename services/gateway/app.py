@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -12,6 +13,7 @@ from infra.bus import create_broker, declare_stream
 from infra.db import create_pool
 from infra.objects import ObjectStore
 from infra.settings import InfraSettings
+from infra.webhooks.fal import FalKeys
 from services.gateway.adapters.read_model import ReadModel
 from services.gateway.deps import Gateway
 from services.gateway.routes import router
@@ -33,7 +35,11 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
         await declare_stream(broker)
         store = ObjectStore.from_settings(infra)
         await store.ensure_bucket()
-        app.state.gateway = Gateway(settings=settings, broker=broker, store=store, read_model=ReadModel(pool))
+        jwks_client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
+        fal_keys = FalKeys(jwks_client, url=settings.fal_jwks_url, ttl_s=settings.fal_jwks_ttl_s)
+        app.state.gateway = Gateway(
+            settings=settings, broker=broker, store=store, read_model=ReadModel(pool), fal_keys=fal_keys
+        )
         app.state.tenants_by_key = tenants_by_key
         if infra.ready_file is not None:
             infra.ready_file.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +49,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
         finally:
             await broker.stop()
             await pool.close()
+            await jwks_client.aclose()
 
     app = FastAPI(
         title="Likeness",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from faststream.nats import NatsBroker
 
 from infra.objects import ObjectStore
+from infra.webhooks.fal import FalKeys
 from services.gateway.adapters.read_model import ReadModel
 from services.gateway.settings import GatewaySettings
 
@@ -17,3 +18,4 @@ class Gateway:
     broker: NatsBroker
     store: ObjectStore
     read_model: ReadModel
+    fal_keys: FalKeys  # fal's webhook keys, fetched when the first fal webhook arrives

@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from infra.webhooks import fal as fal_webhooks
+
 _PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")  # contracts.values.ProviderName
 
 
@@ -44,6 +46,16 @@ class GatewaySettings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("LIKENESS_GATEWAY_LEONARDO_WEBHOOK_KEY", "LEONARDO_WEBHOOK_KEY"),
         description="The callback key set on the Leonardo API key: enables leonardo-character-reference webhooks.",
+    )
+    fal_jwks_url: str = Field(
+        default=fal_webhooks.JWKS_URL,
+        description="Where fal publishes the Ed25519 keys its webhooks are signed with (fetched when one arrives).",
+    )
+    fal_jwks_ttl_s: float = Field(
+        default=fal_webhooks.MAX_JWKS_TTL_S,
+        gt=0,
+        le=fal_webhooks.MAX_JWKS_TTL_S,
+        description="How long fal's keys are kept (fal allows a day at most).",
     )
     webhook_tolerance_s: float = Field(
         default=300.0, gt=0, description="How far a signed webhook's timestamp may be from now (replays)."

@@ -1,10 +1,11 @@
 """Providers' webhooks: `POST /v1/webhooks/{provider}`, checked by each provider's own scheme, then published.
 
-Not authenticated by our API keys (a provider cannot send them): Replicate signs (Standard Webhooks
-HMAC, with a timestamp), Astria's callback URL carries an HMAC token we put there, Leonardo sends the
-callback key as a bearer token. A verified delivery becomes one `ProviderWebhookReceived` event whose
-`Nats-Msg-Id` is `<provider>:<delivery id>`: JetStream drops a redelivery inside its duplicate window,
-and the provider adapter's handling is idempotent beyond it.
+Not authenticated by our API keys (a provider cannot send them): fal signs with Ed25519 (checked against
+the keys fal publishes as a JWKS, cached), Replicate signs (Standard Webhooks HMAC, with a timestamp),
+Astria's callback URL carries an HMAC token we put there, Leonardo sends the callback key as a bearer
+token. A verified delivery becomes one `ProviderWebhookReceived` event whose `Nats-Msg-Id` is
+`<provider>:<delivery id>`: JetStream drops a redelivery inside its duplicate window, and the provider
+adapter's handling is idempotent beyond it.
 
 The checks are pure functions in infra/webhooks (one module per provider), shared with the provider
 adapter, which builds the callback URLs: services never import each other.
@@ -28,7 +29,7 @@ from contracts import ProviderWebhookReceived
 from contracts.envelope import EVENT_ID_NAMESPACE
 from contracts.events import WEBHOOK_PAYLOAD_MAX_BYTES, WEBHOOK_TENANT
 from infra.bus import relay_publisher
-from infra.webhooks import astria, leonardo, replicate
+from infra.webhooks import astria, fal, leonardo, replicate
 from services.gateway.deps import Gateway
 from services.gateway.settings import GatewaySettings
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
-FAL_PROVIDERS = ("fal-instant-character", "fal-flux-lora", "fal-flux-redux")
 
 
 class WebhookAccepted(BaseModel):
@@ -135,6 +135,22 @@ def verify_leonardo(request: Request, body: bytes, settings: GatewaySettings) ->
     )
 
 
+async def verify_fal(request: Request, body: bytes, keys: fal.FalKeys, settings: GatewaySettings) -> Delivery:
+    """fal's Ed25519 signature over request id, user id, timestamp and the body's sha256, with fal's published keys."""
+    try:
+        delivery = await keys.verify(request.headers, body, now=time.time(), tolerance_s=settings.webhook_tolerance_s)
+    except fal.FalKeysUnavailable as down:  # fal retries a failed delivery (10 times over 2 hours)
+        raise WebhookRefused(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"fal's webhook keys are unavailable: {down}"
+        ) from None
+    except fal.FalWebhookRejected as refused:
+        raise WebhookRefused(status.HTTP_401_UNAUTHORIZED, str(refused)) from None
+    payload = delivery.payload or {}
+    kind = "training" if "diffusers_lora_file" in payload else "request"
+    # fal sends one webhook per request and its retries keep the request id: it is the delivery id too
+    return Delivery(delivery.request_id, delivery.request_id, kind, delivery.status, delivery.body)
+
+
 Verifier = Callable[[Request, bytes, GatewaySettings], Delivery]
 
 VERIFIERS: dict[str, Verifier] = {
@@ -189,32 +205,31 @@ def webhook_event(provider: str, delivery: Delivery) -> ProviderWebhookReceived:
         401: {"description": "Bad or missing signature, token or key, or a stale timestamp."},
         404: {"description": "No such provider."},
         413: {"description": "Body over 1 MB."},
-        501: {"description": "fal: webhooks not verified yet (polling finishes fal jobs)."},
-        503: {"description": "The provider's webhook check is not configured; the message names the setting."},
+        503: {
+            "description": "The provider's webhook check is not configured (the message names the setting), "
+            "or fal's keys could not be fetched (fal retries)."
+        },
     },
 )
 async def receive_webhook(request: Request, provider: str) -> WebhookAccepted:
-    """A provider's webhook. Not authenticated by Likeness API keys but by the provider's own check:
-    `replicate-flux-lora` (Standard Webhooks signature, REPLICATE_WEBHOOK_SECRET), `astria-tune` (HMAC token
-    in the callback URL's query, ASTRIA_CALLBACK_SECRET), `leonardo-character-reference` (bearer callback key,
-    LEONARDO_WEBHOOK_KEY). A verified delivery is published once (deduplicated on the provider's delivery id)
-    and the provider adapter checks the job it names at once, instead of at its next poll.
+    """A provider's webhook. Not authenticated by Likeness API keys but by the provider's own check: the fal
+    providers (Ed25519 signature, keys from fal's JWKS), `replicate-flux-lora` (Standard Webhooks signature,
+    REPLICATE_WEBHOOK_SECRET), `astria-tune` (HMAC token in the callback URL's query, ASTRIA_CALLBACK_SECRET),
+    `leonardo-character-reference` (bearer callback key, LEONARDO_WEBHOOK_KEY). A verified delivery is
+    published once (deduplicated on the provider's delivery id) and the provider adapter checks the job it
+    names at once, instead of at its next poll.
     """
     gateway: Gateway = request.app.state.gateway
     try:
-        if provider in FAL_PROVIDERS:
-            raise WebhookRefused(
-                status.HTTP_501_NOT_IMPLEMENTED,
-                "fal webhooks are not accepted yet (their Ed25519 signature check is not built); "
-                "polling finishes fal jobs",
-            )
         verifier = VERIFIERS.get(provider)
-        if verifier is None:
-            raise WebhookRefused(
-                status.HTTP_404_NOT_FOUND, f"no webhooks for {provider!r}: known are {', '.join(sorted(VERIFIERS))}"
-            )
+        if verifier is None and provider not in fal.PROVIDER_NAMES:
+            known = ", ".join(sorted([*VERIFIERS, *fal.PROVIDER_NAMES]))
+            raise WebhookRefused(status.HTTP_404_NOT_FOUND, f"no webhooks for {provider!r}: known are {known}")
         body = await read_bounded(request)
-        delivery = verifier(request, body, gateway.settings)
+        if verifier is None:
+            delivery = await verify_fal(request, body, gateway.fal_keys, gateway.settings)
+        else:
+            delivery = verifier(request, body, gateway.settings)
     except WebhookRefused as refused:
         log.warning("webhook refused: provider=%s status=%d reason=%s", provider, refused.status_code, refused.reason)
         raise HTTPException(refused.status_code, refused.reason) from None

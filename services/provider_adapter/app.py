@@ -84,6 +84,8 @@ def build_providers(settings: ProviderAdapterSettings, client: httpx.AsyncClient
                 **asdict(fal),
                 "model": fal_flux_lora.MODEL,
                 "usd_per_megapixel": settings.fal_prices[fal_flux_lora.MODEL],
+                # only trainings are worth a webhook: shots finish by polling (their webhooks are only logged)
+                "webhook_url": webhook_url(settings, fal_flux_lora.PROVIDER_NAME),
             },
             training_steps=settings.fal_training_steps,
             training_usd_per_run=settings.fal_training_usd_per_run,

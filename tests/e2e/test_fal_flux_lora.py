@@ -47,6 +47,15 @@ def assert_weights_copied_for_this_tenant_only(system: RunningSystem, identity: 
     assert system.other_tenant.http.get(weights["url"]).status_code == 404
 
 
+def event_types_until_completed(system: RunningSystem, character_id: str) -> list[str]:
+    seen = []
+    for event_type, _ in system.client.events(character_id, timeout_s=30):
+        seen.append(event_type)
+        if event_type == "CharacterCompleted":
+            break
+    return seen
+
+
 def test_a_flux_lora_character_trains_once_then_gets_fifteen_shots_scored_once_each(system: RunningSystem) -> None:
     fake = system.fal
     trainings_before, flux_before = fake.training_submits, len(fake.received_flux_lora)
@@ -62,6 +71,12 @@ def test_a_flux_lora_character_trains_once_then_gets_fifteen_shots_scored_once_e
     assert {item.loras[0].path for item in sent} == {lora}
     assert FILE_PREFIX in lora
     assert_weights_copied_for_this_tenant_only(system, character["identity"], "-lora.safetensors")
+    # fal's signed webhooks (the training's, and each shot's) reached the gateway and passed its Ed25519 check
+    training_id = character["identity"]["identity_ref"].split(":", 2)[2].split(FILE_PREFIX, 1)[1].split("-lora")[0]
+    delivered = {request_id: status for url, request_id, status in fake.webhooks_sent if url.endswith(PROVIDER)}
+    assert delivered[training_id] == 202
+    assert set(delivered.values()) == {202}
+    assert event_types_until_completed(system, character_id).count("IdentityReady") == 1  # webhook or poll, once
 
     adapter_log = system.services.running["provider_adapter"].log_path.read_text(errors="replace")
     assert fake.api_key not in adapter_log

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import RunningSystem
-from tests.e2e.test_fal_flux_lora import assert_weights_copied_for_this_tenant_only
+from tests.e2e.test_fal_flux_lora import assert_weights_copied_for_this_tenant_only, event_types_until_completed
 from tests.e2e.test_sample_character import score_rows_per_shot, submit_sample, wait_completed
 
 pytestmark = pytest.mark.e2e
@@ -69,9 +69,4 @@ def test_a_replicate_character_trains_once_and_gets_fifteen_scored_shots(system:
     delivered = [status for url, _, status in fake.webhooks_sent if url.endswith("/v1/webhooks/replicate-flux-lora")]
     assert delivered
     assert set(delivered) == {202}
-    seen = []
-    for event_type, _ in system.client.events(character["character_id"], timeout_s=30):
-        seen.append(event_type)
-        if event_type == "CharacterCompleted":
-            break
-    assert seen.count("IdentityReady") == 1
+    assert event_types_until_completed(system, character["character_id"]).count("IdentityReady") == 1

@@ -20,10 +20,13 @@ from typing import cast
 
 import httpx
 import pytest
+from Crypto.PublicKey import ECC
+from Crypto.PublicKey.ECC import EccKey
 from faststream.nats import NatsBroker, NatsMessage
 from pydantic import SecretStr
 
 from contracts import STREAM_NAME, ProviderWebhookReceived, ReferencesStored
+from infra.fakes.fal import JWKS_PATH, FalFake
 from infra.fakes.replicate import ReplicateFake, sign
 from infra.fakes.server import LoopbackServer
 from infra.runtime import Runtime
@@ -31,6 +34,7 @@ from infra.sample import sample_reference_png
 from infra.settings import InfraSettings
 from infra.stack import StackEndpoints
 from infra.webhooks import astria
+from infra.webhooks.fal import FalKeys, sign_fal_webhook
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from services.provider_adapter import handlers
@@ -47,6 +51,7 @@ from tests.fakes import RecordingSleep, reference_image
 pytestmark = pytest.mark.integration
 
 REPLICATE = "/v1/webhooks/replicate-flux-lora"
+FAL = "/v1/webhooks/fal-flux-lora"
 
 
 def infra_settings(endpoints: StackEndpoints) -> InfraSettings:
@@ -67,23 +72,29 @@ class Gateway:
     replicate_secret: str
     astria_secret: str
     leonardo_key: str
+    fal: FalFake  # its JWKS is the gateway's source of fal's keys
+    fal_keys: FalKeys
 
 
 @pytest.fixture
 async def gateway(stack_endpoints: StackEndpoints) -> AsyncIterator[Gateway]:
     replicate_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     astria_secret, leonardo_key = secrets.token_hex(16), secrets.token_hex(16)
-    settings = GatewaySettings(
-        api_keys=SecretStr(f"studio:{secrets.token_hex(8)}"),
-        replicate_webhook_secret=SecretStr(replicate_secret),
-        astria_callback_secret=SecretStr(astria_secret),
-        leonardo_webhook_key=SecretStr(leonardo_key),
-    )
-    app = create_app(infra_settings(stack_endpoints), settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield Gateway(client, app.state.gateway.broker, replicate_secret, astria_secret, leonardo_key)
+    fal = FalFake(api_key=f"fal-test:{secrets.token_hex(8)}")
+    with LoopbackServer(fal.app, name="fal") as fal_url:
+        settings = GatewaySettings(
+            api_keys=SecretStr(f"studio:{secrets.token_hex(8)}"),
+            replicate_webhook_secret=SecretStr(replicate_secret),
+            astria_callback_secret=SecretStr(astria_secret),
+            leonardo_webhook_key=SecretStr(leonardo_key),
+            fal_jwks_url=fal_url + JWKS_PATH,
+        )
+        app = create_app(infra_settings(stack_endpoints), settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                state = app.state.gateway
+                yield Gateway(client, state.broker, replicate_secret, astria_secret, leonardo_key, fal, state.fal_keys)
 
 
 async def published(broker: NatsBroker, job_id: str) -> list[ProviderWebhookReceived]:
@@ -200,7 +211,35 @@ async def test_leonardo_webhooks_need_the_callback_key(gateway: Gateway) -> None
     assert [(e.status, len(e.delivery_id)) for e in events] == [("COMPLETE", 64)]  # sha256 of the body
 
 
-async def test_oversize_unknown_and_fal_webhooks_are_refused(gateway: Gateway) -> None:
+async def test_fal_webhooks_pass_only_with_a_signature_from_fals_published_keys(gateway: Gateway) -> None:
+    request_id = str(uuid.uuid4())
+    body = json.dumps(
+        {"request_id": request_id, "gateway_request_id": request_id, "status": "OK", "payload": {"images": []}}
+    ).encode()
+    now = int(time.time())
+
+    def delivery(key: EccKey, at: int = now) -> dict[str, str]:
+        return sign_fal_webhook(key, request_id=request_id, user_id="user-1", timestamp=at, body=body)
+
+    unsigned = await gateway.client.post(FAL, content=body, headers={"content-type": "application/json"})
+    assert gateway.fal_keys.fetches == 0  # nothing that cannot be fal's makes us fetch fal's keys
+    forged = await gateway.client.post(FAL, content=body, headers=delivery(ECC.generate(curve="Ed25519")))
+    stale = await gateway.client.post(FAL, content=body, headers=delivery(gateway.fal.webhook_key, at=now - 900))
+    tampered = await gateway.client.post(
+        FAL, content=body.replace(b'"OK"', b'"ERROR"'), headers=delivery(gateway.fal.webhook_key)
+    )
+    right = await gateway.client.post(FAL, content=body, headers=delivery(gateway.fal.webhook_key))
+    again = await gateway.client.post(FAL, content=body, headers=delivery(gateway.fal.webhook_key))  # fal retries
+
+    statuses = [r.status_code for r in (unsigned, forged, stale, tampered, right, again)]
+    assert statuses == [401, 401, 401, 401, 202, 202]
+    assert "missing" in unsigned.json()["detail"]
+    assert right.json()["job_id"] == request_id
+    events = await published(gateway.broker, request_id)
+    assert [(e.provider, e.status, e.delivery_id) for e in events] == [("fal-flux-lora", "OK", request_id)]
+
+
+async def test_oversize_and_unknown_webhooks_are_refused(gateway: Gateway) -> None:
     job_id = f"tr{uuid.uuid4().hex[:12]}"
     headers, body = replicate_delivery(
         gateway.replicate_secret, job_id, body=b'{"id": "x", "pad": "' + b"x" * 1_100_000 + b'"}'
@@ -208,12 +247,10 @@ async def test_oversize_unknown_and_fal_webhooks_are_refused(gateway: Gateway) -
 
     oversize = await gateway.client.post(REPLICATE, content=body, headers=headers)
     unknown = await gateway.client.post("/v1/webhooks/nobody", json={})
-    fal = await gateway.client.post("/v1/webhooks/fal-flux-lora", json={})
 
     assert oversize.status_code == 413
     assert unknown.status_code == 404
-    assert fal.status_code == 501
-    assert "polling" in fal.json()["detail"]
+    assert "fal-flux-lora" in unknown.json()["detail"]
 
 
 async def test_an_unconfigured_check_names_the_setting_that_enables_it(stack_endpoints: StackEndpoints) -> None:
@@ -238,7 +275,8 @@ def test_the_webhook_route_is_in_the_openapi_document() -> None:
     document = build(infra, GatewaySettings(api_keys=SecretStr("studio:k12345678"))).openapi()
     operation = document["paths"]["/v1/webhooks/{provider}"]["post"]
     assert "REPLICATE_WEBHOOK_SECRET" in operation["description"]
-    assert {"401", "404", "413", "501"} <= set(operation["responses"])
+    assert {"401", "404", "413", "503"} <= set(operation["responses"])
+    assert "fal's JWKS" in operation["description"]
 
 
 # --- the provider adapter -----------------------------------------------------------------------

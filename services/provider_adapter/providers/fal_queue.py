@@ -84,7 +84,9 @@ _CANCEL_WAIT_S: Final = 5.0
 class FalSettings:
     """What a fal adapter needs: the key (None: not configured), where fal's queue is, price and pacing.
 
-    `model` and `usd_per_megapixel` are the image model an adapter generates shots with.
+    `model` and `usd_per_megapixel` are the image model an adapter generates shots with. `webhook_url`
+    (None: none) is where fal should POST each request's outcome when it finishes (signed with Ed25519;
+    infra.webhooks.fal checks it): every submit carries it as `?fal_webhook=`. Polling still runs.
     """
 
     key: SecretStr | None
@@ -95,6 +97,7 @@ class FalSettings:
     poll_max_s: float = 5.0
     timeout_s: float = 900.0
     max_image_bytes: int = 50 * 1024 * 1024
+    webhook_url: str | None = None
 
     @property
     def configured(self) -> bool:
@@ -255,7 +258,12 @@ class FalQueue:
         self._cancels: set[asyncio.Task[None]] = set()
 
     async def submit(self, model: str, arguments: Mapping[str, Any]) -> Queued:
-        response = await self.http.call("POST", f"{self.settings.queue_url}/{model}", what="submit", json=arguments)
+        """Queue a request; with `settings.webhook_url`, fal is asked to call it back (`?fal_webhook=`, URL-encoded)."""
+        webhook = self.settings.webhook_url
+        params = {"fal_webhook": webhook} if webhook else None
+        response = await self.http.call(
+            "POST", f"{self.settings.queue_url}/{model}", what="submit", json=arguments, params=params
+        )
         return parse(Queued, response, "submit")
 
     async def status(self, queued: Queued, *, logs: bool = False) -> Status:
