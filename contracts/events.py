@@ -12,8 +12,10 @@ from contracts.envelope import Event
 from contracts.values import (
     ArtifactRef,
     FailureStage,
+    HumanAnswer,
     ImageRef,
     ProviderName,
+    RaterName,
     ShotParams,
     ShotScore,
     SimulationNote,
@@ -159,6 +161,20 @@ class CharacterCompleted(Event):
     verdicts: dict[Verdict, int]
 
 
+class HumanVoteCast(Event):
+    """A person's judgement of one shot: does it show the same character as the references?
+
+    One vote per rater per shot counts: a rater who votes again on a shot changes their answer.
+    """
+
+    subject = "likeness.shot.voted.v1"
+    type: Literal["HumanVoteCast"] = "HumanVoteCast"
+    shot_id: UUID
+    character_id: UUID
+    rater: RaterName
+    answer: HumanAnswer
+
+
 WEBHOOK_PAYLOAD_MAX_BYTES = 16 * 1024
 WEBHOOK_TENANT = "provider-webhook"
 
@@ -218,6 +234,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ShotScored,
     ShotFailed,
     CharacterCompleted,
+    HumanVoteCast,
     ProviderWebhookReceived,
 )
 

@@ -15,6 +15,16 @@ Verdict = Literal["same", "uncertain", "different", "no_face"]
 FailureStage = Literal["request", "identity", "generation", "storage", "scoring"]
 ProviderName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{1,31}$", description="Provider adapter name")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+HumanAnswer = Literal["yes", "no", "unsure"]
+RaterName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._@-]*$",
+        description="Who voted: a name or id the studio chooses (letters, digits, space . _ @ -).",
+    ),
+]
 
 
 class ImageRef(Message):

@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from infra.cli_keys import app as keys_app
+
 app = typer.Typer(help="Likeness: consistent character identity across AI-generated shots.", no_args_is_help=True)
 # Piped or captured output has no terminal width to follow; a results table needs room.
 console = Console() if Console().is_terminal else Console(width=150)
@@ -220,6 +222,8 @@ def prepare_models() -> None:
         + (" (already exported)" if done_before else f"; the export program peaked at {peak:,.0f} MB")
     )
 
+
+app.add_typer(keys_app, name="keys")
 
 if __name__ == "__main__":
     app()

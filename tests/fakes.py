@@ -17,6 +17,7 @@ from PIL import Image
 from contracts import (
     CharacterRequested,
     Event,
+    HumanVoteCast,
     IdentityReady,
     ImageRef,
     ShotGenerated,
@@ -84,6 +85,7 @@ class FakeRecords:
     shots: dict[UUID, dict[str, Any]] = field(default_factory=dict)
     scores: list[ShotScored] = field(default_factory=list)
     log: list[Event] = field(default_factory=list)
+    votes: dict[tuple[UUID, str], HumanVoteCast] = field(default_factory=dict)
 
     async def add_character(self, event: CharacterRequested) -> None:
         self.characters.setdefault(
@@ -114,8 +116,22 @@ class FakeRecords:
     async def add_shot(self, event: ShotRequested, provider: str) -> None:
         self.shots.setdefault(
             event.shot_id,
-            {"character_id": event.character_id, "status": "requested", "prompt": event.params.prompt},
+            {
+                "character_id": event.character_id,
+                "tenant_id": event.tenant_id,
+                "status": "requested",
+                "prompt": event.params.prompt,
+            },
         )
+
+    async def shot_tenant(self, shot_id: UUID) -> str | None:
+        shot = self.shots.get(shot_id)
+        return None if shot is None else str(shot["tenant_id"])
+
+    async def record_vote(self, event: HumanVoteCast) -> None:
+        kept = self.votes.get((event.shot_id, event.rater))
+        if kept is None or kept.occurred_at <= event.occurred_at:
+            self.votes[(event.shot_id, event.rater)] = event
 
     async def shot_exists(self, shot_id: UUID) -> bool:
         return shot_id in self.shots

@@ -14,8 +14,14 @@ from infra.db import create_pool
 from infra.objects import ObjectStore
 from infra.settings import InfraSettings
 from infra.webhooks.fal import FalKeys
+from services.gateway.adapters.api_keys import PostgresApiKeys, migrate_gateway
 from services.gateway.adapters.read_model import ReadModel
+from services.gateway.auth import KeyCheck
 from services.gateway.deps import Gateway
+from services.gateway.evaluation import router as evaluation_router
+from services.gateway.keys import CachedKeys
+from services.gateway.rate_limit import TokenBuckets
+from services.gateway.reference_urls import ReferenceFetcher, reference_fetch_client
 from services.gateway.routes import router
 from services.gateway.settings import GatewaySettings
 from services.gateway.webhooks import router as webhook_router
@@ -30,17 +36,30 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(infra.database_url.get_secret_value(), max_size=10)
+        await migrate_gateway(pool)
+        api_keys = PostgresApiKeys(pool)
         broker = create_broker(infra.nats_url, name="gateway")
         await broker.connect()
         await declare_stream(broker)
         store = ObjectStore.from_settings(infra)
         await store.ensure_bucket()
+        reference_client = reference_fetch_client()
         jwks_client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
         fal_keys = FalKeys(jwks_client, url=settings.fal_jwks_url, ttl_s=settings.fal_jwks_ttl_s)
         app.state.gateway = Gateway(
-            settings=settings, broker=broker, store=store, read_model=ReadModel(pool), fal_keys=fal_keys
+            settings=settings,
+            broker=broker,
+            store=store,
+            read_model=ReadModel(pool),
+            fal_keys=fal_keys,
+            api_keys=api_keys,
+            references=ReferenceFetcher(reference_client, timeout_s=settings.reference_fetch_timeout_s),
         )
-        app.state.tenants_by_key = tenants_by_key
+        app.state.key_check = KeyCheck(
+            tenants_by_key=tenants_by_key,
+            stored=CachedKeys(api_keys, ttl_s=settings.key_cache_s),
+            rate_limit=TokenBuckets(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst),
+        )
         if infra.ready_file is not None:
             infra.ready_file.parent.mkdir(parents=True, exist_ok=True)
             infra.ready_file.touch()
@@ -50,6 +69,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
             await broker.stop()
             await pool.close()
             await jwks_client.aclose()
+            await reference_client.aclose()
 
     app = FastAPI(
         title="Likeness",
@@ -58,6 +78,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(evaluation_router)
     app.include_router(webhook_router)
 
     max_body = settings.max_references * settings.max_reference_bytes + _FORM_OVERHEAD_BYTES

@@ -8,7 +8,9 @@ from faststream.nats import NatsBroker
 
 from infra.objects import ObjectStore
 from infra.webhooks.fal import FalKeys
+from services.gateway.adapters.api_keys import PostgresApiKeys
 from services.gateway.adapters.read_model import ReadModel
+from services.gateway.reference_urls import ReferenceFetcher
 from services.gateway.settings import GatewaySettings
 
 
@@ -19,3 +21,5 @@ class Gateway:
     store: ObjectStore
     read_model: ReadModel
     fal_keys: FalKeys  # fal's webhook keys, fetched when the first fal webhook arrives
+    api_keys: PostgresApiKeys  # keys created with `likeness keys` (auth.py checks them through a cache)
+    references: ReferenceFetcher  # references given by URL (public addresses only)

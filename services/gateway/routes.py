@@ -16,9 +16,10 @@ from pydantic import BaseModel, Field
 from contracts import CharacterRequested, ImageRef, ShotParams, ShotRequested, Strategy
 from infra.bus import publish_event
 from infra.objects import artifact_key, image_key
-from services.gateway.auth import Tenant
+from services.gateway.auth import Tenant, WriteTenant
 from services.gateway.deps import Gateway
 from services.gateway.images import ImageLimits, ImageRejected, read_limited, validate_reference
+from services.gateway.reference_urls import ReferenceUrlProblem
 
 router = APIRouter(prefix="/v1")
 
@@ -43,9 +44,15 @@ def _gateway(request: Request) -> Gateway:
 @router.post("/characters", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
 async def create_character(
     request: Request,
-    tenant: Tenant,
+    tenant: WriteTenant,
     name: Annotated[str, Form(min_length=1, max_length=200, description="The character's name.")],
-    references: Annotated[list[UploadFile], File(description="1 to 20 reference photos (JPEG, PNG or WebP).")],
+    references: Annotated[
+        list[UploadFile], File(description="Reference photos (JPEG, PNG or WebP); with reference_urls, 1 to 20 in all.")
+    ] = [],  # noqa: B006 - FastAPI copies defaults per request
+    reference_urls: Annotated[
+        list[str],
+        Form(description="Reference photos by http(s) URL, fetched by the gateway (public addresses only)."),
+    ] = [],  # noqa: B006
     strategy: Annotated[Strategy, Form(description="How the identity is built.")] = "instant_reference",
     provider: Annotated[str, Form(description="Which provider builds it, e.g. 'sim'.")] = "sim",
 ) -> Accepted:
@@ -57,18 +64,27 @@ async def create_character(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"unknown provider {provider!r}: choose one of {', '.join(settings.providers)}",
         )
-    if not 1 <= len(references) <= settings.max_references:
+    count = len(references) + len(reference_urls)
+    if not 1 <= count <= settings.max_references:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"send between 1 and {settings.max_references} reference photos; got {len(references)}",
+            f"send between 1 and {settings.max_references} reference photos (files and URLs together); got {count}",
         )
     limits = ImageLimits(max_bytes=settings.max_reference_bytes, max_pixels=settings.max_reference_pixels)
     validated = []
-    for upload in references:
-        filename = upload.filename or "upload"
+    sources: list[tuple[str, UploadFile | str]] = [(u.filename or "upload", u) for u in references]
+    sources += [(url, url) for url in reference_urls]
+    for filename, source in sources:
         try:
-            data = await read_limited(upload, limits.max_bytes, filename=filename)
+            if isinstance(source, str):
+                data = await gateway.references.fetch(source.strip(), limits.max_bytes)
+            else:
+                data = await read_limited(source, limits.max_bytes, filename=filename)
             validated.append(await asyncio.to_thread(validate_reference, filename, data, limits))
+        except ReferenceUrlProblem as problem:
+            raise HTTPException(
+                problem.status, {"reason": problem.reason, "url": problem.url, "message": str(problem)}
+            ) from None
         except ImageRejected as rejected:
             code = _STATUS_FOR_REASON.get(rejected.reason, status.HTTP_422_UNPROCESSABLE_CONTENT)
             raise HTTPException(code, {"reason": rejected.reason, "file": filename, "message": str(rejected)}) from None
@@ -115,7 +131,7 @@ async def get_character(request: Request, tenant: Tenant, character_id: UUID) ->
 
 
 @router.post("/characters/{character_id}/shots", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
-async def request_shot(request: Request, tenant: Tenant, character_id: UUID, params: ShotParams) -> Accepted:
+async def request_shot(request: Request, tenant: WriteTenant, character_id: UUID, params: ShotParams) -> Accepted:
     """Ask for one shot of the character. It is generated once the identity is ready."""
     gateway = _gateway(request)
     if not await gateway.read_model.character_exists(tenant, character_id):

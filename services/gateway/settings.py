@@ -30,6 +30,9 @@ class GatewaySettings(BaseSettings):
     max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_reference_pixels: int = Field(default=40_000_000, gt=0)
     max_references: int = Field(default=20, ge=1, le=20)
+    reference_fetch_timeout_s: float = Field(
+        default=20.0, gt=0, le=300, description="How long fetching one reference given by URL may take."
+    )
     events_poll_s: float = Field(default=0.25, gt=0, description="How often the SSE feed looks for new events.")
     # Webhooks (POST /v1/webhooks/<provider>): each provider's own check; unset, its webhooks are refused.
     replicate_webhook_secret: SecretStr | None = Field(
@@ -60,6 +63,18 @@ class GatewaySettings(BaseSettings):
     webhook_tolerance_s: float = Field(
         default=300.0, gt=0, description="How far a signed webhook's timestamp may be from now (replays)."
     )
+    # API keys created with `likeness keys` (schema `gateway`), and the per-key rate limit.
+    key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a key looked up in the database is trusted: a revoked key is refused within this.",
+    )
+    rate_limit_per_minute: float = Field(
+        default=600.0,
+        ge=0,
+        description="Requests a minute each API key may make, per gateway replica (0: no limit).",
+    )
+    rate_limit_burst: int = Field(default=120, ge=1, description="How many requests a key may make at once.")
 
     @field_validator("replicate_webhook_secret", "astria_callback_secret", "leonardo_webhook_key", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from contracts import (
     CharacterCompleted,
     CharacterRequested,
     Event,
+    HumanVoteCast,
     IdentityFailed,
     IdentityProgress,
     IdentityReady,
@@ -48,6 +49,16 @@ async def on_identity_ready(event: IdentityReady, *, records: Records) -> list[E
 
 async def on_identity_failed(event: IdentityFailed, *, records: Records) -> list[Event]:
     await records.mark_identity_failed(event.character_id, event.reason)
+    return []
+
+
+async def on_human_vote(event: HumanVoteCast, *, records: Records) -> list[Event]:
+    """Keep the vote. The gateway checked the shot is the tenant's; a vote about another tenant's shot is dropped."""
+    owner = await records.shot_tenant(event.shot_id)
+    if owner is None:
+        raise ShotNotRecordedYet(f"vote on shot {event.shot_id} before the shot was recorded")
+    if owner == event.tenant_id:
+        await records.record_vote(event)
     return []
 
 

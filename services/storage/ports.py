@@ -9,6 +9,7 @@ from uuid import UUID
 from contracts import (
     CharacterRequested,
     Event,
+    HumanVoteCast,
     IdentityReady,
     ImageRef,
     ShotGenerated,
@@ -67,5 +68,13 @@ class Records(Protocol):
     async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None: ...
 
     async def shot_counts(self, character_id: UUID) -> ShotCounts: ...
+
+    async def shot_tenant(self, shot_id: UUID) -> str | None:
+        """The tenant that owns the shot, or None when the shot is not recorded."""
+        ...
+
+    async def record_vote(self, event: HumanVoteCast) -> None:
+        """Keep the rater's answer for the shot; a later vote replaces an earlier one, never the reverse."""
+        ...
 
     async def log_events(self, events: list[Event], character_id: UUID) -> None: ...

@@ -10,6 +10,7 @@ from faststream.nats import NatsMessage, NatsRouter
 from contracts import (
     CharacterRequested,
     Event,
+    HumanVoteCast,
     IdentityFailed,
     IdentityProgress,
     IdentityReady,
@@ -75,6 +76,10 @@ def build_router(runtime: Runtime) -> NatsRouter:
     @subscribe(router, ShotScored, "storage-shot-scored")
     async def on_shot_scored(event: ShotScored, msg: NatsMessage) -> None:
         await settle(msg, event, record(event, "shot-scored", handlers.on_shot_scored))
+
+    @subscribe(router, HumanVoteCast, "storage-human-vote")
+    async def on_human_vote(event: HumanVoteCast, msg: NatsMessage) -> None:
+        await settle(msg, event, record(event, "human-vote", handlers.on_human_vote))
 
     @subscribe(router, ShotFailed, "storage-shot-failed")
     async def on_shot_failed(event: ShotFailed, msg: NatsMessage) -> None:

@@ -1,12 +1,15 @@
 import uuid
 
 import pytest
+from pydantic import ValidationError
 
 from contracts import (
     CharacterCompleted,
     CharacterRequested,
     ClipScore,
     FaceScore,
+    HumanAnswer,
+    HumanVoteCast,
     ReferencesStored,
     ShotGenerated,
     ShotParams,
@@ -178,3 +181,53 @@ async def test_a_score_for_a_failed_shot_is_kept_but_completes_nothing() -> None
 
     assert await handlers.on_shot_scored(scored(stored), records=records) == []
     assert records.shots[stored.shot_id]["status"] == "failed"
+
+
+def vote(shot: ShotRequested, rater: str, answer: HumanAnswer, *, tenant: str | None = None) -> HumanVoteCast:
+    return HumanVoteCast(
+        correlation_id=shot.character_id,
+        tenant_id=tenant or shot.tenant_id,
+        shot_id=shot.shot_id,
+        character_id=shot.character_id,
+        rater=rater,
+        answer=answer,
+    )
+
+
+async def test_a_raters_later_vote_replaces_the_earlier_and_an_out_of_order_one_does_not() -> None:
+    records = FakeRecords()
+    character = character_requested()
+    await handlers.on_character_requested(character, records=records)
+    shot = shot_requested(character)
+    await handlers.on_shot_requested(shot, records=records)
+    first, second = vote(shot, "ana", "yes"), vote(shot, "ana", "no")
+    other = vote(shot, "ben", "unsure")
+
+    for event in (first, second, other, first):  # the first comes again, late: it changes nothing
+        assert await handlers.on_human_vote(event, records=records) == []
+
+    assert {rater: kept.answer for (_, rater), kept in records.votes.items()} == {"ana": "no", "ben": "unsure"}
+
+
+async def test_a_vote_on_another_tenants_shot_is_dropped_and_one_before_the_shot_is_retried() -> None:
+    records = FakeRecords()
+    character = character_requested()
+    await handlers.on_character_requested(character, records=records)
+    shot = shot_requested(character)
+    with pytest.raises(handlers.ShotNotRecordedYet):
+        await handlers.on_human_vote(vote(shot, "ana", "yes"), records=records)
+    await handlers.on_shot_requested(shot, records=records)
+    await handlers.on_human_vote(vote(shot, "eve", "no", tenant="someone-else"), records=records)
+    assert records.votes == {}
+
+
+def test_a_rater_name_says_what_is_allowed() -> None:
+    with pytest.raises(ValidationError, match="String should match pattern"):
+        HumanVoteCast(
+            correlation_id=uuid.uuid4(),
+            tenant_id="t",
+            shot_id=uuid.uuid4(),
+            character_id=uuid.uuid4(),
+            rater="<script>",
+            answer="yes",
+        )

@@ -94,6 +94,60 @@ class ReadModel:
             "shots": [_shot(s) for s in shots],
         }
 
+    async def report_rows(
+        self, tenant_id: str, *, character_id: UUID | None = None
+    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """The tenant's shots (with each one's newest score) and identities: what reports are computed from."""
+        shots = await self._pool.fetch(
+            """SELECT s.character_id, s.provider, c.strategy, s.params->>'scenario' AS scenario, s.status,
+                      sc.verdict, sc.face_distance,
+                      (sc.score->'clip'->>'image_similarity')::double precision AS clip_image,
+                      (sc.score->'clip'->>'text_similarity')::double precision AS clip_text,
+                      coalesce((sc.score->'clip'->>'calibrated')::boolean, true) AS clip_calibrated,
+                      s.latency_ms, s.cost_usd, s.simulation IS NOT NULL AS simulated
+               FROM records.shots s
+               JOIN records.characters c ON c.character_id = s.character_id
+               LEFT JOIN LATERAL (
+                   SELECT verdict, face_distance, score FROM records.scores
+                   WHERE shot_id = s.shot_id ORDER BY scored_at DESC, score_id DESC LIMIT 1
+               ) sc ON s.status = 'scored'
+               WHERE s.tenant_id = $1 AND c.tenant_id = $1 AND ($2::uuid IS NULL OR s.character_id = $2)
+               ORDER BY s.requested_at, s.shot_id""",
+            tenant_id,
+            character_id,
+        )
+        identities = await self._pool.fetch(
+            """SELECT character_id, provider, strategy,
+                      CASE WHEN identity_failure IS NOT NULL THEN 'failed'
+                           WHEN identity_ref IS NOT NULL THEN 'ready' ELSE 'pending' END AS state,
+                      training_seconds, identity_cost_usd AS cost_usd, coalesce(identity_simulated, false) AS simulated
+               FROM records.characters
+               WHERE tenant_id = $1 AND ($2::uuid IS NULL OR character_id = $2)
+               ORDER BY created_at, character_id""",
+            tenant_id,
+            character_id,
+        )
+        return list(shots), list(identities)
+
+    async def votes(
+        self, tenant_id: str, *, character_id: UUID | None = None, provider: str | None = None
+    ) -> list[asyncpg.Record]:
+        """Every vote of the tenant (optionally one character's or one provider's), with the shot's newest verdict."""
+        return list(
+            await self._pool.fetch(
+                """SELECT v.shot_id, v.character_id, s.provider, v.rater, v.answer,
+                          (SELECT sc.verdict FROM records.scores sc WHERE sc.shot_id = v.shot_id
+                            ORDER BY sc.scored_at DESC, sc.score_id DESC LIMIT 1) AS verdict
+                   FROM records.votes v JOIN records.shots s ON s.shot_id = v.shot_id
+                   WHERE v.tenant_id = $1 AND s.tenant_id = $1
+                     AND ($2::uuid IS NULL OR v.character_id = $2) AND ($3::text IS NULL OR s.provider = $3)
+                   ORDER BY v.voted_at, v.shot_id, v.rater""",
+                tenant_id,
+                character_id,
+                provider,
+            )
+        )
+
     async def shot(self, tenant_id: str, shot_id: UUID) -> dict[str, Any] | None:
         row = await self._pool.fetchrow(
             f"SELECT {_SHOT_COLUMNS} FROM records.shots s WHERE s.shot_id=$1 AND s.tenant_id=$2",  # noqa: S608 - constant columns

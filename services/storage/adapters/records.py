@@ -8,6 +8,7 @@ from uuid import UUID
 from contracts import (
     CharacterRequested,
     Event,
+    HumanVoteCast,
     IdentityReady,
     ImageRef,
     ShotGenerated,
@@ -101,6 +102,26 @@ class PostgresRecords:
             event.tenant_id,
             event.params.model_dump_json(),
             provider,
+            event.occurred_at,
+        )
+
+    async def shot_tenant(self, shot_id: UUID) -> str | None:
+        tenant = await self._conn.fetchval("SELECT tenant_id FROM records.shots WHERE shot_id=$1", shot_id)
+        return None if tenant is None else str(tenant)
+
+    async def record_vote(self, event: HumanVoteCast) -> None:
+        await self._conn.execute(
+            """INSERT INTO records.votes (shot_id, rater, tenant_id, character_id, answer, event_id, voted_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (shot_id, rater) DO UPDATE
+                 SET answer=EXCLUDED.answer, event_id=EXCLUDED.event_id, voted_at=EXCLUDED.voted_at
+                 WHERE records.votes.voted_at <= EXCLUDED.voted_at""",
+            event.shot_id,
+            event.rater,
+            event.tenant_id,
+            event.character_id,
+            event.answer,
+            event.event_id,
             event.occurred_at,
         )
 
