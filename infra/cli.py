@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from infra.cli_keys import app as keys_app
+from infra.cli_report import report as report_command
 
 app = typer.Typer(help="Likeness: consistent character identity across AI-generated shots.", no_args_is_help=True)
 # Piped or captured output has no terminal width to follow; a results table needs room.
@@ -109,6 +110,7 @@ def up(
     console.print(f"Likeness is up. Data: {data_dir}")
     console.print(f"  gateway   http://127.0.0.1:{gateway_port}   (API docs: /docs)")
     console.print(f"  API key   {api_key}   (tenant 'local'; stored in {data_dir / 'api-key'})")
+    (data_dir / "gateway-url").write_text(f"http://127.0.0.1:{gateway_port}")  # for `likeness report`
     console.print(f"  logs      {data_dir / 'logs'}")
     console.print("Stop it with `./taskw down`.")
 
@@ -224,6 +226,7 @@ def prepare_models() -> None:
 
 
 app.add_typer(keys_app, name="keys")
+app.command("report")(report_command)
 
 if __name__ == "__main__":
     app()

@@ -22,6 +22,7 @@ from services.gateway.evaluation import router as evaluation_router
 from services.gateway.keys import CachedKeys
 from services.gateway.rate_limit import TokenBuckets
 from services.gateway.reference_urls import ReferenceFetcher, reference_fetch_client
+from services.gateway.reports import router as reports_router
 from services.gateway.routes import router
 from services.gateway.settings import GatewaySettings
 from services.gateway.webhooks import router as webhook_router
@@ -32,6 +33,8 @@ _FORM_OVERHEAD_BYTES = 1024 * 1024
 
 def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
     tenants_by_key = settings.tenants_by_key()  # fail at start-up on a malformed key list
+    settings.scorecard()  # ... and on scorecard weights that do not sum to 1
+    settings.scorecard_judgements()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,6 +82,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(evaluation_router)
+    app.include_router(reports_router)
     app.include_router(webhook_router)
 
     max_body = settings.max_references * settings.max_reference_bytes + _FORM_OVERHEAD_BYTES

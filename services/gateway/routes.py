@@ -6,10 +6,12 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 from uuid import UUID
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -116,6 +118,23 @@ async def create_character(
         id=character_id,
         links={"self": f"/v1/characters/{character_id}", "events": f"/v1/characters/{character_id}/events"},
     )
+
+
+@router.get("/characters")
+async def list_characters(
+    request: Request,
+    tenant: Tenant,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[datetime | None, Query(description="Page on: the created_at of the last one seen.")] = None,
+) -> dict[str, Any]:
+    """Your characters, newest first, with their shot counts."""
+    items = await _gateway(request).read_model.characters(
+        tenant, limit=limit, before=None if before is None else before.isoformat()
+    )
+    page: dict[str, Any] = {"characters": items}
+    if len(items) == limit:
+        page["next"] = f"/v1/characters?limit={limit}&before={quote(items[-1]['created_at'])}"
+    return page
 
 
 @router.get("/characters/{character_id}")

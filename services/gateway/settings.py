@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from infra.evidence.scorecard import DEFAULT_QUALITATIVE, QualitativeScores, ScorecardWeights
 from infra.webhooks import fal as fal_webhooks
 
 _PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")  # contracts.values.ProviderName
@@ -30,6 +31,20 @@ class GatewaySettings(BaseSettings):
     max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_reference_pixels: int = Field(default=40_000_000, gt=0)
     max_references: int = Field(default=20, ge=1, le=20)
+    report_alpha: float = Field(
+        default=0.05, gt=0, lt=0.5, description="Significance level of the reports' provider comparisons."
+    )
+    scorecard_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="JSON: weights laid over the defaults (consistency 0.30, training_time 0.15, "
+        "inference_latency 0.20, cost 0.15, integration_effort 0.10, browser_compatibility 0.10); they must sum to 1.",
+    )
+    scorecard_judgements_override: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("LIKENESS_GATEWAY_SCORECARD_JUDGEMENTS", "scorecard_judgements_override"),
+        description='JSON: {"provider": [integration_effort, browser_compatibility]} (0-100, judgements, not '
+        "measurements) laid over the default table.",
+    )
     reference_fetch_timeout_s: float = Field(
         default=20.0, gt=0, le=300, description="How long fetching one reference given by URL may take."
     )
@@ -93,6 +108,17 @@ class GatewaySettings(BaseSettings):
             if bad or not value:
                 raise ValueError(f"provider names are lowercase words such as 'sim' (got {value!r})")
         return value
+
+    def scorecard(self) -> ScorecardWeights:
+        """The scorecard's weights: the research's defaults with `SCORECARD_WEIGHTS` laid over them."""
+        return ScorecardWeights(**{**ScorecardWeights().as_dict(), **self.scorecard_weights})
+
+    def scorecard_judgements(self) -> dict[str, QualitativeScores]:
+        """Integration effort and browser compatibility per provider: the default table, then `SCORECARD_JUDGEMENTS`."""
+        table = dict(DEFAULT_QUALITATIVE)
+        for provider, (integration, browser) in self.scorecard_judgements_override.items():
+            table[provider] = QualitativeScores(integration_effort=integration, browser_compatibility=browser)
+        return table
 
     def tenants_by_key(self) -> dict[str, str]:
         pairs: dict[str, str] = {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,25 @@ def test_up_down_up_keeps_characters(tmp_path: Path) -> None:
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
         client = GatewayClient(f"http://127.0.0.1:{port}", api_key)
         assert client.character(character_id)["name"] == "Kept"
+        client.request_shot(character_id, {"prompt": "portrait", "scenario": "portrait"})
+        deadline = time.monotonic() + 60
+        while client.character(character_id)["status"] != "completed" and time.monotonic() < deadline:
+            time.sleep(0.3)
         client.close()
+
+        # `likeness report` finds the running gateway and its key by itself
+        table = cli("report", "--data-dir", str(data_dir))
+        assert table.returncode == 0, table.stdout + table.stderr
+        assert "Per provider" in table.stdout
+        assert "Scorecard" in table.stdout
+        assert "simulator" in table.stdout  # the figures say where they came from
+        as_json = cli("report", "--data-dir", str(data_dir), "--format", "json", "--character", character_id)
+        assert json.loads(as_json.stdout)["summaries"][0]["shots_requested"] == 1
+        as_csv = cli("report", "--data-dir", str(data_dir), "--format", "csv", "--section", "scorecard")
+        assert as_csv.stdout.startswith("provider,total,tier,")
+        wrong = cli("report", "--data-dir", str(data_dir), "--format", "csv", "--section", "nope")
+        assert wrong.returncode == 2
+        assert "choose one of" in wrong.stdout + wrong.stderr
     finally:
         cli("down", "--data-dir", str(data_dir))
         EmbeddedStack(data_dir).postgres.remove_external_cluster()  # kept under /var/lib/likeness as root

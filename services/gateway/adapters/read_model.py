@@ -5,6 +5,7 @@ Every query filters by tenant: a character of another tenant is indistinguishabl
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -56,6 +57,34 @@ class ReadModel:
             "SELECT 1 FROM records.characters WHERE character_id=$1 AND tenant_id=$2", character_id, tenant_id
         )
         return found is not None
+
+    async def characters(self, tenant_id: str, *, limit: int, before: str | None = None) -> list[dict[str, Any]]:
+        """The tenant's characters, newest first, with their shot counts (`before`: a created_at to page from)."""
+        rows = await self._pool.fetch(
+            """SELECT c.character_id, c.name, c.strategy, c.provider, c.status, c.created_at,
+                      count(s.shot_id) AS shots,
+                      count(s.shot_id) FILTER (WHERE s.status = 'scored') AS scored,
+                      count(s.shot_id) FILTER (WHERE s.status = 'failed') AS failed
+               FROM records.characters c LEFT JOIN records.shots s ON s.character_id = c.character_id
+               WHERE c.tenant_id = $1 AND ($2::timestamptz IS NULL OR c.created_at < $2)
+               GROUP BY c.character_id
+               ORDER BY c.created_at DESC, c.character_id LIMIT $3""",
+            tenant_id,
+            None if before is None else datetime.fromisoformat(before),
+            limit,
+        )
+        return [
+            {
+                "character_id": str(row["character_id"]),
+                "name": row["name"],
+                "strategy": row["strategy"],
+                "provider": row["provider"],
+                "status": row["status"],
+                "created_at": row["created_at"].isoformat(),
+                "shots": {"requested": row["shots"], "scored": row["scored"], "failed": row["failed"]},
+            }
+            for row in rows
+        ]
 
     async def character(self, tenant_id: str, character_id: UUID) -> dict[str, Any] | None:
         row = await self._pool.fetchrow(
