@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,8 @@ from services.gateway.reference_urls import ReferenceFetcher, reference_fetch_cl
 from services.gateway.reports import router as reports_router
 from services.gateway.routes import router
 from services.gateway.settings import GatewaySettings
+from services.gateway.signed_urls import UrlSigner
+from services.gateway.signed_urls import router as signed_router
 from services.gateway.webhooks import router as webhook_router
 
 # Multipart overhead allowance on top of the reference limits, for the early Content-Length check.
@@ -47,6 +50,8 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
         store = ObjectStore.from_settings(infra)
         await store.ensure_bucket()
         reference_client = reference_fetch_client()
+        configured = settings.url_signing_key
+        url_signing_key = configured.get_secret_value().encode() if configured else secrets.token_bytes(32)
         jwks_client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
         fal_keys = FalKeys(jwks_client, url=settings.fal_jwks_url, ttl_s=settings.fal_jwks_ttl_s)
         app.state.gateway = Gateway(
@@ -57,6 +62,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
             fal_keys=fal_keys,
             api_keys=api_keys,
             references=ReferenceFetcher(reference_client, timeout_s=settings.reference_fetch_timeout_s),
+            signer=UrlSigner(url_signing_key, settings.signed_url_ttl_s),
         )
         app.state.key_check = KeyCheck(
             tenants_by_key=tenants_by_key,
@@ -83,6 +89,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
     app.include_router(router)
     app.include_router(evaluation_router)
     app.include_router(reports_router)
+    app.include_router(signed_router)
     app.include_router(webhook_router)
 
     max_body = settings.max_references * settings.max_reference_bytes + _FORM_OVERHEAD_BYTES

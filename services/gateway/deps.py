@@ -12,6 +12,7 @@ from services.gateway.adapters.api_keys import PostgresApiKeys
 from services.gateway.adapters.read_model import ReadModel
 from services.gateway.reference_urls import ReferenceFetcher
 from services.gateway.settings import GatewaySettings
+from services.gateway.signed_urls import UrlSigner
 
 
 @dataclass(frozen=True)
@@ -23,3 +24,4 @@ class Gateway:
     fal_keys: FalKeys  # fal's webhook keys, fetched when the first fal webhook arrives
     api_keys: PostgresApiKeys  # keys created with `likeness keys` (auth.py checks them through a cache)
     references: ReferenceFetcher  # references given by URL (public addresses only)
+    signer: UrlSigner  # short-lived image links that need no API key

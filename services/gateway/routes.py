@@ -140,13 +140,15 @@ async def list_characters(
 @router.get("/characters/{character_id}")
 async def get_character(request: Request, tenant: Tenant, character_id: UUID) -> dict[str, Any]:
     """Status, identity, references and every shot with its latest score."""
-    character = await _gateway(request).read_model.character(tenant, character_id)
+    gateway = _gateway(request)
+    character = await gateway.read_model.character(tenant, character_id)
     if character is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
             f"no character {character_id} (a character just submitted appears within moments)",
         )
-    return character
+    signed: dict[str, Any] = gateway.signer.add_urls(tenant, character)  # each image gets a short-lived `url`
+    return signed
 
 
 @router.post("/characters/{character_id}/shots", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
@@ -165,10 +167,12 @@ async def request_shot(request: Request, tenant: WriteTenant, character_id: UUID
 
 @router.get("/shots/{shot_id}")
 async def get_shot(request: Request, tenant: Tenant, shot_id: UUID) -> dict[str, Any]:
-    shot = await _gateway(request).read_model.shot(tenant, shot_id)
+    gateway = _gateway(request)
+    shot = await gateway.read_model.shot(tenant, shot_id)
     if shot is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shot {shot_id}")
-    return shot
+    signed: dict[str, Any] = gateway.signer.add_urls(tenant, shot)
+    return signed
 
 
 @router.get("/images/{sha256}", response_class=Response)

@@ -31,6 +31,12 @@ class GatewaySettings(BaseSettings):
     max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_reference_pixels: int = Field(default=40_000_000, gt=0)
     max_references: int = Field(default=20, ge=1, le=20)
+    url_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Signs short-lived image links (at least 16 characters); replicas must share it. Unset: each "
+        "gateway process draws its own at start.",
+    )
+    signed_url_ttl_s: float = Field(default=900.0, gt=0, le=7 * 24 * 3600, description="How long an image link works.")
     report_alpha: float = Field(
         default=0.05, gt=0, lt=0.5, description="Significance level of the reports' provider comparisons."
     )

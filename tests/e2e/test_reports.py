@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import RunningSystem
@@ -62,6 +64,14 @@ def test_the_report_compares_providers_from_what_was_measured(system: RunningSys
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert {row["provider"] for row in rows} == providers
     assert client.get("/v1/reports/nonsense.csv").status_code == 422
+
+    # every image comes with a short-lived link that needs no key (for <img src> and downloads)
+    shot_image = sim_character["shots"][0]["image"]
+    with httpx.Client(base_url=system.base_url) as anonymous:
+        linked = anonymous.get(shot_image["url"])
+        assert linked.status_code == 200
+        assert hashlib.sha256(linked.content).hexdigest() == shot_image["sha256"]
+        assert anonymous.get(sim_character["references"][0]["url"]).status_code == 200
 
     # another tenant sees none of it
     other = system.other_tenant.http
