@@ -61,6 +61,14 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def parse_url(url: str, *, base: httpx.URL | None = None) -> httpx.URL:
+    """The URL (relative to `base`, for a redirect's Location), or FetchRefused naming what is wrong with it."""
+    try:
+        return base.join(url) if base is not None else httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as error:
+        raise FetchRefused(f"not a usable URL: {error}") from None
+
+
 def origin(url: httpx.URL) -> str:
     port = f":{url.port}" if url.port is not None else ""
     return f"{url.scheme}://{url.host}{port}".lower()
@@ -99,13 +107,13 @@ async def fetch_to_file(
     progress: Progress | None = None,
 ) -> Fetched:
     """Stream `url` into `sink`; every hop is checked by `check_url`. Raises FetchRefused or FetchFailed."""
-    current = httpx.URL(url)
+    current = parse_url(url)
     for _ in range(max_redirects + 1):
         await check_url(current, resolve=resolve, trusted_origins=trusted_origins)
         try:
             async with client.stream("GET", current, follow_redirects=False) as response:
                 if response.is_redirect and "location" in response.headers:
-                    current = current.join(response.headers["location"])
+                    current = parse_url(response.headers["location"], base=current)
                     continue
                 _raise_for(response, current)
                 declared = response.headers.get("content-length", "")

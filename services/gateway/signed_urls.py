@@ -14,10 +14,10 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from infra.objects import image_key
 
@@ -48,7 +48,8 @@ class UrlSigner:
 
     def check(self, tenant: str, sha256: str, expires: int, signature: str) -> str | None:
         """None when the link is good, else why it is refused."""
-        if not hmac.compare_digest(self._signature(tenant, sha256, expires), signature):
+        expected = self._signature(tenant, sha256, expires).encode()
+        if not hmac.compare_digest(expected, signature.encode("utf-8", "replace")):
             return "the link's signature does not match: it was changed, or signed by another gateway"
         if expires < self._clock():
             return "the link has expired: fetch the character or shot again for a fresh one"
@@ -74,10 +75,10 @@ class UrlSigner:
 @router.get("/images/{tenant}/{sha256}", response_class=Response)
 async def signed_image(
     request: Request,
-    tenant: str,
-    sha256: str,
-    expires: int = Query(description="Unix seconds after which the link is refused."),
-    signature: str = Query(min_length=64, max_length=64),
+    tenant: Annotated[str, Path(max_length=64)],
+    sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    expires: Annotated[int, Query(ge=0, le=2**62, description="Unix seconds after which the link is refused.")],
+    signature: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$")],
 ) -> Response:
     """An image by a signed link (no API key): see `url` on each image in character and shot responses."""
     gateway: Gateway = request.app.state.gateway

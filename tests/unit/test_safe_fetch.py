@@ -182,3 +182,12 @@ async def test_statuses_say_whether_to_try_again(status: int, error: type[Except
             )
     if isinstance(raised.value, FetchFailed):
         assert raised.value.retry_after_s == 7.0
+
+
+@pytest.mark.parametrize("url", ["\x18http://x", "http://[::1", "", "http:///nohost", "http://exa\nmple.com/"])
+async def test_a_malformed_url_is_refused_with_a_reason_not_an_exception(url: str) -> None:
+    recorder = Recorder({})
+    async with client_for(recorder) as client:
+        with pytest.raises(FetchRefused):
+            await fetch_to_file(client, url, io.BytesIO(), max_bytes=10, resolve=fake_dns({}))
+    assert recorder.requested == []
