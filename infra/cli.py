@@ -62,8 +62,17 @@ def demo(
     result = run_demo(_project_dir(), console, timeout_s=timeout, provider=provider)
     console.print(report.results_table(result.character))
     console.print(report.stats_table(result.character))
+    if result.provider_report is not None:
+        from infra.cli_report import scorecard_table
+
+        console.print(scorecard_table(result.provider_report))
+        if result.provider_report.get("note"):
+            console.print(f"[yellow]scorecard: {result.provider_report['note']}[/yellow]")
     console.print(f"CSV:  {result.csv_path}")
     console.print(f"HTML: {result.html_path}")
+    console.print(
+        f"JSON: {result.csv_path.parent / 'report.json'} (the provider report; `likeness report` on a running stack)"
+    )
     memory = ", ".join(f"{name} {mb:.0f} MB" for name, mb in result.service_rss_mb.items())
     console.print(f"demo wall time {result.wall_s:.1f} s; resident memory: {memory}")
     if result.notice:

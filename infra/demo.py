@@ -46,6 +46,7 @@ class DemoResult:
     service_rss_mb: dict[str, float]
     exit_codes: dict[str, int | None]
     notice: str | None = None  # what was not real about the provider, when it was a fake
+    provider_report: dict[str, Any] | None = None  # GET /v1/reports for the character
 
 
 class GatewayClient:
@@ -83,6 +84,14 @@ class GatewayClient:
 
     def character(self, character_id: str) -> dict[str, Any]:
         response = self.http.get(f"/v1/characters/{character_id}")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def report(self, character_id: str | None = None) -> dict[str, Any]:
+        """GET /v1/reports (one character's, or the tenant's)."""
+        params = {"character_id": character_id} if character_id else None
+        response = self.http.get("/v1/reports", params=params)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
@@ -207,6 +216,7 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0, p
             for shot in character["shots"]:
                 if shot["image"]:
                     images[shot["image"]["sha256"]] = client.image(shot["image"]["sha256"])
+            provider_report = client.report(character_id)
             client.close()
         finally:
             exit_codes = services.stop_all()
@@ -215,4 +225,7 @@ def run_demo(project_dir: Path, console: Console, *, timeout_s: float = 300.0, p
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = report.write_csv(character, out_dir / "shots.csv")
     html_path = report.write_html(character, images, out_dir)
-    return DemoResult(character, csv_path, html_path, time.monotonic() - started, memory, exit_codes, notice)
+    (out_dir / "report.json").write_text(json.dumps(provider_report, indent=2))
+    return DemoResult(
+        character, csv_path, html_path, time.monotonic() - started, memory, exit_codes, notice, provider_report
+    )
