@@ -75,7 +75,7 @@ class GatewayClient:
                 return body
             if time.monotonic() > deadline:
                 raise TimeoutError(f"character {character_id} not recorded after {timeout_s} s: {response.text}")
-            time.sleep(0.1)
+            time.sleep(0.25)
 
     def request_shot(self, character_id: str, params: dict[str, Any]) -> str:
         response = self.http.post(f"/v1/characters/{character_id}/shots", json=params)

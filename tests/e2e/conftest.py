@@ -54,6 +54,10 @@ def system(
         "LIKENESS_PROVIDER_ADAPTER_SIM_IDENTITY_SECONDS": "0.5",
         "LIKENESS_GATEWAY_PORT": str(port),
         "LIKENESS_GATEWAY_API_KEYS": f"studio-a:{key},studio-b:{other_key}",
+        # the suite drives many characters through one key, far past an app's pace; the limit itself is
+        # tested in tests/integration/test_api_keys.py
+        "LIKENESS_GATEWAY_RATE_LIMIT_PER_MINUTE": "60000",
+        "LIKENESS_GATEWAY_RATE_LIMIT_BURST": "5000",
         # providers that call back do so to this gateway, which checks them with the same secrets
         "LIKENESS_PROVIDER_ADAPTER_WEBHOOK_BASE_URL": f"http://127.0.0.1:{port}",
         "REPLICATE_WEBHOOK_SECRET": fakes.replicate.webhook_secret,
