@@ -5,10 +5,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from infra.bus import create_broker, declare_stream
 from infra.db import create_pool
@@ -29,6 +31,13 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.signed_urls import UrlSigner
 from services.gateway.signed_urls import router as signed_router
 from services.gateway.webhooks import router as webhook_router
+
+# The page (services/gateway/static/): public files, no data; it asks for the API key and sends it on each call.
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 # Multipart overhead allowance on top of the reference limits, for the early Content-Length check.
 _FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -103,6 +112,21 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
                 status_code=413,
             )
         return await call_next(request)
+
+    @app.middleware("http")
+    async def page_security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        if request.url.path == "/ui" or request.url.path.startswith("/ui/"):
+            response.headers["Content-Security-Policy"] = PAGE_CSP
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> RedirectResponse:
+        return RedirectResponse("/ui/")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
