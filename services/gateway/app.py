@@ -18,11 +18,14 @@ from infra.objects import ObjectStore
 from infra.settings import InfraSettings
 from infra.webhooks.fal import FalKeys
 from services.gateway.adapters.api_keys import PostgresApiKeys, migrate_gateway
+from services.gateway.adapters.callbacks import PostgresCallbacks
 from services.gateway.adapters.read_model import ReadModel
 from services.gateway.auth import KeyCheck
+from services.gateway.callbacks import router as callbacks_router
 from services.gateway.deps import Gateway
 from services.gateway.evaluation import router as evaluation_router
 from services.gateway.keys import CachedKeys
+from services.gateway.outbound import Callbacks
 from services.gateway.rate_limit import TokenBuckets
 from services.gateway.reference_urls import ReferenceFetcher, reference_fetch_client
 from services.gateway.reports import router as reports_router
@@ -63,6 +66,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
         url_signing_key = configured.get_secret_value().encode() if configured else secrets.token_bytes(32)
         jwks_client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
         fal_keys = FalKeys(jwks_client, url=settings.fal_jwks_url, ttl_s=settings.fal_jwks_ttl_s)
+        callbacks = Callbacks.from_settings(PostgresCallbacks(pool), settings)
         app.state.gateway = Gateway(
             settings=settings,
             broker=broker,
@@ -72,18 +76,21 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
             api_keys=api_keys,
             references=ReferenceFetcher(reference_client, timeout_s=settings.reference_fetch_timeout_s),
             signer=UrlSigner(url_signing_key, settings.signed_url_ttl_s),
+            callbacks=callbacks,
         )
         app.state.key_check = KeyCheck(
             tenants_by_key=tenants_by_key,
             stored=CachedKeys(api_keys, ttl_s=settings.key_cache_s),
             rate_limit=TokenBuckets(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst),
         )
+        await callbacks.start(broker.config.connection_state.stream)  # apps' callbacks (outbound.py)
         if infra.ready_file is not None:
             infra.ready_file.parent.mkdir(parents=True, exist_ok=True)
             infra.ready_file.touch()
         try:
             yield
         finally:
+            await callbacks.stop()
             await broker.stop()
             await pool.close()
             await jwks_client.aclose()
@@ -100,6 +107,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
     app.include_router(reports_router)
     app.include_router(signed_router)
     app.include_router(webhook_router)
+    app.include_router(callbacks_router)
 
     max_body = settings.max_references * settings.max_reference_bytes + _FORM_OVERHEAD_BYTES
 

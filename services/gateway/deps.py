@@ -10,6 +10,7 @@ from infra.objects import ObjectStore
 from infra.webhooks.fal import FalKeys
 from services.gateway.adapters.api_keys import PostgresApiKeys
 from services.gateway.adapters.read_model import ReadModel
+from services.gateway.outbound import Callbacks
 from services.gateway.reference_urls import ReferenceFetcher
 from services.gateway.settings import GatewaySettings
 from services.gateway.signed_urls import UrlSigner
@@ -25,3 +26,4 @@ class Gateway:
     api_keys: PostgresApiKeys  # keys created with `likeness keys` (auth.py checks them through a cache)
     references: ReferenceFetcher  # references given by URL (public addresses only)
     signer: UrlSigner  # short-lived image links that need no API key
+    callbacks: Callbacks  # apps' callback endpoints and the loops that deliver to them (outbound.py)

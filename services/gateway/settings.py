@@ -96,6 +96,19 @@ class GatewaySettings(BaseSettings):
         description="Requests a minute each API key may make, per gateway replica (0: no limit).",
     )
     rate_limit_burst: int = Field(default=120, ge=1, description="How many requests a key may make at once.")
+    # Callbacks to apps (POST /v1/callbacks): signed deliveries of ShotScored and CharacterCompleted.
+    callback_allow_loopback: bool = Field(
+        default=False,
+        description="Also allow callback URLs on 127.0.0.0/8 and ::1 (tests, local development); never private ranges.",
+    )
+    callback_timeout_s: float = Field(default=10.0, gt=0, le=60, description="How long one delivery attempt may take.")
+    callback_max_attempts: int = Field(default=10, ge=1, le=50, description="Attempts before a delivery is failed.")
+    callback_backoff_s: float = Field(
+        default=10.0, gt=0, description="Wait after the first failed attempt; x3 after each further one (+-20%)."
+    )
+    callback_backoff_max_s: float = Field(default=3600.0, gt=0, description="The longest wait between attempts.")
+    callback_poll_s: float = Field(default=1.0, gt=0, description="How often each replica looks for due deliveries.")
+    callback_concurrency: int = Field(default=8, ge=1, le=100, description="Deliveries in flight per replica.")
 
     @field_validator("replicate_webhook_secret", "astria_callback_secret", "leonardo_webhook_key", mode="before")
     @classmethod

@@ -58,6 +58,8 @@ def system(
         # tested in tests/integration/test_api_keys.py
         "LIKENESS_GATEWAY_RATE_LIMIT_PER_MINUTE": "60000",
         "LIKENESS_GATEWAY_RATE_LIMIT_BURST": "5000",
+        "LIKENESS_GATEWAY_CALLBACK_ALLOW_LOOPBACK": "true",  # the e2e app's callback receiver is on loopback
+        "LIKENESS_GATEWAY_CALLBACK_BACKOFF_S": "0.5",
         # providers that call back do so to this gateway, which checks them with the same secrets
         "LIKENESS_PROVIDER_ADAPTER_WEBHOOK_BASE_URL": f"http://127.0.0.1:{port}",
         "REPLICATE_WEBHOOK_SECRET": fakes.replicate.webhook_secret,
