@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from infra.fakes.server import LoopbackServer
 from infra.sample import demo_shots, sample_reference_png
@@ -15,6 +17,15 @@ from tests.e2e.test_sample_character import submit_sample, wait_completed
 from tests.integration.test_callbacks import Receiver
 
 pytestmark = pytest.mark.e2e
+
+
+def own_copy(png: bytes) -> bytes:
+    """The same picture in other bytes: this tenant's upload must not share a sha256 with the main tenant's,
+    whose isolation test checks that the other tenant has no such image."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buffer, format="PNG", compress_level=1)
+    assert buffer.getvalue() != png
+    return buffer.getvalue()
 
 
 def test_an_app_gets_each_score_and_the_completion_signed_once_each(system: RunningSystem) -> None:
@@ -30,7 +41,9 @@ def test_an_app_gets_each_score_and_the_completion_signed_once_each(system: Runn
         receiver.fail_first["studio"] = 2  # the app is down for its first two deliveries: they come again
 
         main = submit_sample(system)  # the other tenant's character: it must never reach this app
-        character_id = app.create_character("Callback", [("astronaut.png", sample_reference_png(), "image/png")])
+        character_id = app.create_character(
+            "Callback", [("astronaut.png", own_copy(sample_reference_png()), "image/png")]
+        )
         app.wait_for_character(character_id)
         for params in demo_shots():
             app.request_shot(character_id, params.model_dump(mode="json"))
@@ -61,3 +74,7 @@ def test_an_app_gets_each_score_and_the_completion_signed_once_each(system: Runn
     assert len(rows) == 16
     assert {row["status"] for row in rows} == {"delivered"}
     assert max(row["attempts"] for row in rows) >= 2  # the two refused deliveries were tried again
+    gateway_log = system.services.running["gateway"].log_path.read_text(errors="replace")
+    assert "callbacks: delivered" in gateway_log
+    assert endpoint["secret"] not in gateway_log
+    assert endpoint["secret"].removeprefix("whsec_") not in gateway_log

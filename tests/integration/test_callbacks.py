@@ -453,8 +453,9 @@ async def test_the_secret_is_shown_once_and_never_logged(
         assert secret not in text
         assert secret.removeprefix("whsec_") not in text
     assert "secret" not in listed.json()["callbacks"][0]
-    assert "callbacks: delivered" in caplog.text
-    assert "callbacks: attempt failed" in caplog.text
+    # the attempts happened (any gateway on this stack may make them: replicas share the delivery work,
+    # so which process logged them is not asserted; none of them may log the secret)
+    assert max(item["attempts"] for item in log) >= 2
 
     deleted = await gateway.client.delete(f"/v1/callbacks/{created['id']}", headers=gateway.auth(tenant))
     assert deleted.status_code == 204
