@@ -19,9 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
-from scipy import special
-
 from contracts import Verdict
+from infra.evidence.stats import t_quantile, wilson_interval
 
 CONFIDENCE = 0.95
 SCORED_VERDICTS = frozenset(get_args(Verdict))
@@ -43,21 +42,6 @@ class ScoreStats:
     pass_ci95_high: float | None
 
 
-def _t_quantile(df: int) -> float:
-    """The (1 + CONFIDENCE) / 2 quantile of Student's t with `df` degrees of freedom."""
-    return float(special.stdtrit(df, 0.5 + CONFIDENCE / 2))
-
-
-def wilson_interval(successes: int, trials: int, z: float = _Z) -> tuple[float, float]:
-    if trials <= 0 or not 0 <= successes <= trials:
-        raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
-    share = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (share + z * z / (2 * trials)) / denominator
-    half = z / denominator * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def score_stats(values: Sequence[float], verdicts: Sequence[str]) -> ScoreStats:
     """`values`: the face distances; `verdicts`: one per scored shot, with or without a distance."""
     if not all(math.isfinite(value) for value in values):
@@ -67,7 +51,7 @@ def score_stats(values: Sequence[float], verdicts: Sequence[str]) -> ScoreStats:
     std = ci_low = ci_high = None
     if mean is not None and count >= 2:
         std = float(statistics.stdev(values))
-        half = _t_quantile(count - 1) * std / math.sqrt(count)
+        half = t_quantile(count - 1) * std / math.sqrt(count)
         ci_low, ci_high = mean - half, mean + half
     scored = len(verdicts)
     passed = sum(verdict == "same" for verdict in verdicts)

@@ -31,27 +31,16 @@ from infra import cli_keys
 from infra.db import create_pool, migrate_service
 from infra.objects import ObjectStore
 from infra.sample import sample_reference_png
-from infra.settings import InfraSettings
 from infra.stack import EmbeddedStack, StackEndpoints
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from services.storage.app import MIGRATIONS as STORAGE_MIGRATIONS
+from tests.integration.test_provider_webhooks import infra_settings
 
 pytestmark = pytest.mark.integration
 
 NO_DATABASE_URL: dict[str, str | None] = {"LIKENESS_DATABASE_URL": None}
 KEY_LINE = re.compile(r"^lk_[0-9a-f]{12}_\S+$", re.MULTILINE)
-
-
-def infra_settings(endpoints: StackEndpoints) -> InfraSettings:
-    return InfraSettings(
-        nats_url=endpoints.nats_url,
-        database_url=SecretStr(endpoints.database_url),
-        s3_endpoint=endpoints.s3_endpoint,
-        s3_access_key=SecretStr(endpoints.s3_access_key),
-        s3_secret_key=SecretStr(endpoints.s3_secret_key),
-        s3_bucket=endpoints.s3_bucket,
-    )
 
 
 @dataclass

@@ -38,7 +38,7 @@ from infra.webhooks.replicate import WebhookVerificationError, verify_webhook
 from services.gateway.app import create_app
 from services.gateway.outbound import Callbacks
 from services.gateway.settings import GatewaySettings
-from tests.integration.test_api_keys import infra_settings
+from tests.integration.test_provider_webhooks import infra_settings
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from infra.stack import StackEndpoints
 from services.gateway.app import create_app
 from services.gateway.reference_urls import ReferenceFetcher
 from services.gateway.settings import GatewaySettings
-from tests.integration.test_api_keys import infra_settings
+from tests.integration.test_provider_webhooks import infra_settings
 
 pytestmark = pytest.mark.integration
 

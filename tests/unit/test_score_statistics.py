@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.scoring.statistics import ScoreStats, group_stats, score_stats, wilson_interval
+from infra.evidence.stats import wilson_interval
+from services.scoring.statistics import ScoreStats, group_stats, score_stats
 
 Z95 = 1.959963984540054  # the standard normal's 0.975 quantile
 T95 = {1: 12.706205, 2: 4.302653, 4: 2.776445}  # Student t's 0.975 quantile by degrees of freedom (tables)
