@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -13,6 +14,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from contracts import STREAM_NAME, STREAM_SUBJECTS, Event
+from infra.dead_letters import MAX_DELIVER, REDRIVE_HEADER, DeadLetterMiddleware, GiveUp
+from infra.dead_letters import backoff_s as backoff_s  # re-exported: services import it from the bus
 from infra.delivery import Publish
 
 log = logging.getLogger(__name__)
@@ -40,9 +43,16 @@ class RetryLater(Exception):
         self.delay_s = delay_s
 
 
-def create_broker(nats_url: str, *, name: str) -> NatsBroker:
+def create_broker(nats_url: str, *, name: str, dead_letters: DeadLetterMiddleware | None = None) -> NatsBroker:
     # per-message logs at DEBUG: the handlers log what matters, with ids
-    return NatsBroker(nats_url, name=f"likeness-{name}", graceful_timeout=15.0, logger=log, log_level=logging.DEBUG)
+    return NatsBroker(
+        nats_url,
+        name=f"likeness-{name}",
+        graceful_timeout=15.0,
+        logger=log,
+        log_level=logging.DEBUG,
+        middlewares=() if dead_letters is None else (dead_letters,),
+    )
 
 
 def consumer(
@@ -59,7 +69,9 @@ def consumer(
     """Subscriber arguments for a durable pull consumer that replicas of a service share.
 
     `deliver_policy` applies when the consumer is created (first start); later starts resume it.
+    After `max_deliver` deliveries a failing message is dead-lettered (infra.dead_letters).
     """
+    MAX_DELIVER[durable] = max_deliver
     return {
         **extra,
         "subject": event.subject,
@@ -121,16 +133,23 @@ async def declare_stream(broker: NatsBroker) -> None:
     log.info("stream %s ready", STREAM_NAME)
 
 
-def backoff_s(num_delivered: int, *, base: float = 0.5, cap: float = 30.0) -> float:
-    return float(min(cap, base * 2 ** max(0, num_delivered - 1)))
-
-
 async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
     """Run one message's work, then ack it; on RetryLater or an error, nak it with a delay.
 
-    Every log line names the event and its character (the correlation id).
+    At the consumer's last allowed delivery a failure raises GiveUp instead, and the dead-letter
+    middleware keeps the message with its error. A redriven message meant for another consumer of
+    the same subject is acked without running the work. Every log line names the event and its
+    character (the correlation id).
     """
+    raw = msg.raw_message
+    redriven_for = (raw.headers or {}).get(REDRIVE_HEADER)
+    if redriven_for is not None and redriven_for != raw.metadata.consumer:
+        if inspect.iscoroutine(work):
+            work.close()
+        await msg.ack()
+        return
     delivered = delivery_count(msg)
+    last = delivered >= MAX_DELIVER.get(raw.metadata.consumer or "", delivered + 1)
     context = {
         "event_id": str(event.event_id),
         "correlation_id": str(event.correlation_id),
@@ -140,12 +159,17 @@ async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
     try:
         await work
     except RetryLater as retry:
+        if last:
+            raise GiveUp(f"still retrying after {delivered} deliveries: {retry}") from retry
         log.info("retrying later: %s", retry, extra=context)
         await msg.nack(delay=retry.delay_s)
         return
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception as error:
+        if last:
+            log.exception("handler failed on the last delivery (%d)", delivered, extra=context)
+            raise GiveUp(f"{type(error).__name__}: {error}") from error
         delay = backoff_s(delivered)
         log.exception("handler failed; nak, retry in %.1f s", delay, extra=context)
         await msg.nack(delay=delay)

@@ -18,6 +18,7 @@ from faststream.specification import AsyncAPI
 
 from infra.bus import create_broker, declare_stream, relay_publisher
 from infra.db import create_pool, migrate_service
+from infra.dead_letters import DeadLetterMiddleware
 from infra.delivery import Delivery, OutboxRelay
 from infra.objects import ObjectStore
 from infra.settings import InfraSettings
@@ -30,7 +31,12 @@ class Runtime:
         self.service = service
         self.settings = settings
         self.migrations = migrations
-        self.broker: NatsBroker = create_broker(settings.nats_url, name=service)
+        dead_letters = DeadLetterMiddleware(
+            service,
+            lambda: self.pool,
+            lambda subject, body, headers: relay_publisher(self.broker)(subject, body, headers),
+        )
+        self.broker: NatsBroker = create_broker(settings.nats_url, name=service, dead_letters=dead_letters)
         self._pool: asyncpg.Pool | None = None
         self._delivery: Delivery | None = None
         self.store = ObjectStore.from_settings(settings)
