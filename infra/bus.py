@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -17,6 +18,7 @@ from contracts import STREAM_NAME, STREAM_SUBJECTS, Event
 from infra.dead_letters import MAX_DELIVER, REDRIVE_HEADER, DeadLetterMiddleware, GiveUp
 from infra.dead_letters import backoff_s as backoff_s  # re-exported: services import it from the bus
 from infra.delivery import Publish
+from infra.metrics import record_handled
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,9 @@ async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
         await msg.ack()
         return
     delivered = delivery_count(msg)
-    last = delivered >= MAX_DELIVER.get(raw.metadata.consumer or "", delivered + 1)
+    consumer_name = raw.metadata.consumer or "?"
+    last = delivered >= MAX_DELIVER.get(consumer_name, delivered + 1)
+    started = time.monotonic()
     context = {
         "event_id": str(event.event_id),
         "correlation_id": str(event.correlation_id),
@@ -162,6 +166,7 @@ async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
         if last:
             raise GiveUp(f"still retrying after {delivered} deliveries: {retry}") from retry
         log.info("retrying later: %s", retry, extra=context)
+        record_handled(consumer_name, "retried", time.monotonic() - started)
         await msg.nack(delay=retry.delay_s)
         return
     except asyncio.CancelledError:
@@ -172,9 +177,11 @@ async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
             raise GiveUp(f"{type(error).__name__}: {error}") from error
         delay = backoff_s(delivered)
         log.exception("handler failed; nak, retry in %.1f s", delay, extra=context)
+        record_handled(consumer_name, "failed", time.monotonic() - started)
         await msg.nack(delay=delay)
         return
     log.debug("handled", extra=context)
+    record_handled(consumer_name, "acked", time.monotonic() - started)
     await msg.ack()
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from infra.cli_dlq import app as dlq_app
 from infra.cli_keys import app as keys_app
 from infra.cli_report import report as report_command
+from infra.cli_status import status as status_command
 
 app = typer.Typer(help="Likeness: consistent character identity across AI-generated shots.", no_args_is_help=True)
 # Piped or captured output has no terminal width to follow; a results table needs room.
@@ -238,6 +239,7 @@ def prepare_models() -> None:
 app.add_typer(keys_app, name="keys")
 app.add_typer(dlq_app, name="dlq")
 app.command("report")(report_command)
+app.command("status")(status_command)
 
 if __name__ == "__main__":
     app()

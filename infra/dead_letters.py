@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 
 from infra.delivery import Publish
 from infra.logs import bind_message_ids
+from infra.metrics import record_handled
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class _Handling(BaseMiddleware):
         if max_deliver is None or delivered < max_deliver:
             if not isinstance(error, GiveUp):  # settle logs its own failures; this one never reached a handler
                 log.error("message could not be handled (delivery %d); retrying: %s", delivered, reason)
+                record_handled(consumer, "failed", time.monotonic() - self.started)
             await msg.nak(delay=backoff_s(delivered))
             return True
         try:
@@ -242,5 +244,6 @@ class _Handling(BaseMiddleware):
             letter_id,
             extra={"consumer": consumer, "dead_letter_id": letter_id},
         )
+        record_handled(consumer, "dead_lettered", time.monotonic() - self.started)
         await msg.term()
         return True

@@ -114,9 +114,34 @@ class ServiceSet:
     def pids(self) -> dict[str, int]:
         return {name: service.process.pid for name, service in self.running.items()}
 
+    def urls(self) -> dict[str, str]:
+        """Each running, ready service's base URL (/healthz, /readyz, /metrics; the gateway's API)."""
+        return {
+            name: url
+            for name, service in self.running.items()
+            if service.process.poll() is None and (url := read_ready_file(service.ready_file)) is not None
+        }
+
     def _write_pids(self) -> None:
         path = self.data_dir / "run" / "services.json"
         path.write_text(json.dumps(self.pids()))
+
+
+def read_ready_file(path: Path) -> str | None:
+    """The base URL a ready file holds (infra/observability.py `write_ready_file`); None when the file is
+    absent or holds no URL."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text if text.startswith(("http://", "https://")) else None
+
+
+def service_urls(data_dir: Path) -> dict[str, str]:
+    """The base URLs in the ready files of services started from `data_dir` (by this process or an earlier
+    `likeness up`), by service name; a service without a ready file holding a URL is left out."""
+    found = {name: read_ready_file(data_dir / "run" / f"{name}.ready") for name in SERVICES}
+    return {name: url for name, url in found.items() if url is not None}
 
 
 def stop_recorded_services(data_dir: Path, timeout_s: float = 20.0) -> list[str]:

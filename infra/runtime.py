@@ -1,7 +1,9 @@
 """What every worker service holds while it runs: pool, object store, outbox relay, broker.
 
 `worker_app` wires it into a FastStream app: resources open in the lifespan (nothing connects
-at import time), the relay starts once the broker is up, and the ready file is touched last.
+at import time), the relay starts once the broker is up, and the ready file is written last, holding
+the URL of the service's health endpoint (/healthz, /readyz, /metrics: infra/observability.py), which
+serves from the start of the lifespan to its end.
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ from infra.bus import create_broker, declare_stream, relay_publisher
 from infra.db import create_pool, migrate_service
 from infra.dead_letters import DeadLetterMiddleware
 from infra.delivery import Delivery, OutboxRelay
+from infra.metrics import bind_service
 from infra.objects import ObjectStore
+from infra.observability import (
+    HealthServer,
+    Readiness,
+    consumer_gauges,
+    database_check,
+    durable_consumers,
+    flag_check,
+    nats_check,
+    write_ready_file,
+)
 from infra.settings import InfraSettings
 
 log = logging.getLogger(__name__)
@@ -40,6 +53,20 @@ class Runtime:
         self._pool: asyncpg.Pool | None = None
         self._delivery: Delivery | None = None
         self.store = ObjectStore.from_settings(settings)
+        self.consuming = False  # set once the broker's subscribers run, cleared when shutdown begins
+        readiness = Readiness(
+            {
+                "database": database_check(lambda: self._pool),
+                "nats": nats_check(self.broker),
+                "consuming": flag_check(lambda: self.consuming),
+            }
+        )
+        self.health = HealthServer(
+            readiness,
+            host=settings.http_host,
+            port=settings.http_port,
+            before_scrape=consumer_gauges(self.broker, lambda: durable_consumers(self.broker)),
+        )
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -81,14 +108,19 @@ def worker_app(
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        await runtime.open()
-        if load is not None:
-            await load()
-        await runtime.declare_stream()
+        bind_service(runtime.service)  # the `service` label of the metrics this app's tasks record
+        await runtime.health.start()  # /healthz answers while starting; /readyz says what is missing
         try:
-            yield
+            await runtime.open()
+            if load is not None:
+                await load()
+            await runtime.declare_stream()
+            try:
+                yield
+            finally:
+                await runtime.close()
         finally:
-            await runtime.close()
+            await runtime.health.stop()
 
     app = FastStream(
         runtime.broker,
@@ -100,13 +132,15 @@ def worker_app(
     @app.after_startup
     async def started() -> None:
         runtime.delivery.relay.start()
+        runtime.consuming = True
         if runtime.settings.ready_file is not None:
-            runtime.settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
-            runtime.settings.ready_file.touch()
-        log.info("%s ready", runtime.service)
+            write_ready_file(runtime.settings.ready_file, runtime.health.url)
+        log.info("%s ready; health and metrics at %s", runtime.service, runtime.health.url)
 
     @app.on_shutdown
     async def stopping() -> None:
+        runtime.consuming = False
+        runtime.health.begin_shutdown()  # /readyz is 503 from here on
         await runtime.delivery.relay.stop()
 
     return app

@@ -21,6 +21,14 @@ class InfraSettings(BaseSettings):
     s3_bucket: str = "likeness"
     s3_secure: bool = False
     ready_file: Path | None = Field(
-        default=None, description="Touched once the service is consuming; the supervisor waits for it."
+        default=None,
+        description="Created once the service is consuming, holding its health endpoint's base URL "
+        "(http://host:port); the supervisor waits for it.",
+    )
+    http_host: str = Field(
+        default="127.0.0.1", description="Where a worker serves /healthz, /readyz and /metrics (not the gateway)."
+    )
+    http_port: int = Field(
+        default=0, ge=0, le=65535, description="Port for /healthz, /readyz and /metrics; 0 picks a free one."
     )
     log_level: str = "INFO"

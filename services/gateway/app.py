@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount
 
+from contracts import STREAM_NAME
 from infra.bus import create_broker, declare_stream
 from infra.db import create_pool
+from infra.metrics import bind_service, exposition, record_http
 from infra.objects import ObjectStore
+from infra.observability import Readiness, consumer_gauges, database_check, nats_check, write_ready_file
 from infra.settings import InfraSettings
 from infra.webhooks.fal import FalKeys
 from services.gateway.adapters.api_keys import PostgresApiKeys, migrate_gateway
@@ -25,6 +31,7 @@ from services.gateway.callbacks import router as callbacks_router
 from services.gateway.deps import Gateway
 from services.gateway.evaluation import router as evaluation_router
 from services.gateway.keys import CachedKeys
+from services.gateway.outbound import DURABLES as CALLBACK_DURABLES
 from services.gateway.outbound import Callbacks
 from services.gateway.rate_limit import TokenBuckets
 from services.gateway.reference_urls import ReferenceFetcher, reference_fetch_client
@@ -34,6 +41,8 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.signed_urls import UrlSigner
 from services.gateway.signed_urls import router as signed_router
 from services.gateway.webhooks import router as webhook_router
+
+log = logging.getLogger(__name__)
 
 # The page (services/gateway/static/): public files, no data; it asks for the API key and sends it on each call.
 STATIC_DIR = Path(__file__).parent / "static"
@@ -53,6 +62,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bind_service("gateway")
         pool = await create_pool(infra.database_url.get_secret_value(), max_size=10)
         await migrate_gateway(pool)
         api_keys = PostgresApiKeys(pool)
@@ -84,12 +94,16 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
             rate_limit=TokenBuckets(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst),
         )
         await callbacks.start(broker.config.connection_state.stream)  # apps' callbacks (outbound.py)
+        app.state.readiness = Readiness({"database": database_check(lambda: pool), "nats": nats_check(broker)})
+        app.state.refresh_metrics = consumer_gauges(
+            broker, lambda: [(STREAM_NAME, durable) for durable in CALLBACK_DURABLES.values()]
+        )
         if infra.ready_file is not None:
-            infra.ready_file.parent.mkdir(parents=True, exist_ok=True)
-            infra.ready_file.touch()
+            write_ready_file(infra.ready_file, f"http://{settings.host}:{settings.port}")
         try:
             yield
         finally:
+            app.state.readiness.begin_shutdown()
             await callbacks.stop()
             await broker.stop()
             await pool.close()
@@ -130,6 +144,17 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
             response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
+    @app.middleware("http")  # outermost: counts what the other middlewares refuse too
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        status = 500  # what an exception escaping the app becomes
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:  # the time to the response's start: a streamed body (the SSE feed) is not waited for
+            record_http(route_template(request), request.method, status, time.perf_counter() - started)
+
     app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 
     @app.get("/", include_in_schema=False)
@@ -140,4 +165,39 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        """200 when the database answers and NATS is connected; 503 naming what is not, or while starting or
+        stopping."""
+        readiness: Readiness | None = getattr(request.app.state, "readiness", None)
+        if readiness is None:
+            return JSONResponse({"status": "starting", "checks": {}, "not_ready": ["startup"]}, status_code=503)
+        ready, report = await readiness.report()
+        return JSONResponse(report, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        refresh = getattr(request.app.state, "refresh_metrics", None)
+        if refresh is not None:
+            try:
+                await refresh()
+            except Exception:  # the scrape still answers, with the last figures
+                log.warning("refreshing consumer lag failed", exc_info=True)
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
     return app
+
+
+def route_template(request: Request) -> str:
+    """The matched route's path template (`/v1/characters/{character_id}`), never the raw path: bounded labels."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    for candidate in request.app.routes:  # a mount (the page) sets no route in the scope
+        if isinstance(candidate, Mount) and (
+            request.url.path == candidate.path or request.url.path.startswith(candidate.path + "/")
+        ):
+            return candidate.path
+    return "unmatched"

@@ -8,11 +8,14 @@ shot gets a new score beside its old ones. Claims and follow-up event ids carry 
 
 from __future__ import annotations
 
+import time
+
 from faststream.nats import NatsMessage, NatsRouter
 from nats.js.api import DeliverPolicy
 
 from contracts import ShotScore, ShotStored
 from infra.bus import settle, subscribe
+from infra.metrics import record_scoring
 from infra.runtime import Runtime
 from services.scoring import handlers
 from services.scoring.adapters.store import PostgresEmbeddingCache, StoredImages
@@ -40,6 +43,7 @@ def build_router(
         consumer = runtime.delivery.consumer(claim_as)
         if await runtime.delivery.is_processed(event, consumer):
             return
+        started = time.perf_counter()
         scored = await handlers.score_shot(
             event,
             scorer=scorer,
@@ -47,6 +51,7 @@ def build_router(
             images=StoredImages(runtime.store),
             cache=PostgresEmbeddingCache(runtime.pool),
         )
+        record_scoring(time.perf_counter() - started)  # likeness_scoring_seconds: images, batch wait, models
         async with runtime.delivery.unit_of_work(event, consumer) as work:
             if not work.already_done:
                 work.emit(scored)

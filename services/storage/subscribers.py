@@ -20,6 +20,7 @@ from contracts import (
     ShotScored,
 )
 from infra.bus import RetryLater, settle, subscribe
+from infra.metrics import record_provider_cost
 from infra.runtime import Runtime
 from services.storage import handlers
 from services.storage.adapters.records import PostgresRecords
@@ -31,6 +32,12 @@ E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
 
 class StorageHandler(Protocol[E_contra]):
     def __call__(self, event: E_contra, /, *, records: Records) -> Awaitable[list[Event]]: ...
+
+
+def count_cost(event: Event, emitted: list[Event]) -> None:
+    """A newly recorded identity's or shot's cost (a shot is new when storage announces it as stored)."""
+    if isinstance(event, IdentityReady) or (isinstance(event, ShotGenerated) and emitted):
+        record_provider_cost(event.provider, event.cost_usd)
 
 
 def build_router(runtime: Runtime) -> NatsRouter:
@@ -48,6 +55,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
                 raise RetryLater(str(early), delay_s=0.5) from early
             await records.log_events([event, *emitted], event.correlation_id)
             work.emit(*emitted)
+        count_cost(event, emitted)  # committed, and the first time this event was recorded
 
     @subscribe(router, CharacterRequested, "storage-character-requested")
     async def on_character_requested(event: CharacterRequested, msg: NatsMessage) -> None:

@@ -76,6 +76,20 @@ def test_up_down_up_keeps_characters(tmp_path: Path) -> None:
         wrong = cli("report", "--data-dir", str(data_dir), "--format", "csv", "--section", "nope")
         assert wrong.returncode == 2
         assert "choose one of" in wrong.stdout + wrong.stderr
+
+        # `likeness status` finds the stack and every service's health endpoint by itself
+        screen = cli("status", "--data-dir", str(data_dir))
+        assert screen.returncode == 0, screen.stdout + screen.stderr
+        assert "storage-shot-generated" in screen.stdout
+        assert "no dead letters waiting" in screen.stdout
+        state = json.loads(cli("status", "--data-dir", str(data_dir), "--json").stdout)
+        assert {s["name"]: s["state"] for s in state["services"]} == dict.fromkeys(
+            ("storage", "provider_adapter", "scoring", "gateway"), "ready"
+        )
+        consumers = {c["name"]: c for c in state["consumers"]}
+        assert consumers["storage-shot-scored"]["pending"] == 0  # the one shot was scored and recorded
+        assert state["stream"]["max_age_s"] == 30 * 24 * 3600
+        assert state["dead_letters"] == {}
     finally:
         cli("down", "--data-dir", str(data_dir))
         EmbeddedStack(data_dir).postgres.remove_external_cluster()  # kept under /var/lib/likeness as root

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from contracts import Event
 from infra.bus import publish_event, settle, subscribe
 from infra.cli import app as cli
 from infra.dead_letters import PostgresDeadLetters
+from infra.metrics import exposition
 from infra.runtime import Runtime
 from infra.stack import StackEndpoints
 from tests.integration.test_provider_webhooks import infra_settings
@@ -136,6 +138,9 @@ async def test_failing_and_poison_messages_are_dead_lettered_then_redriven(
         assert notice["deliveries"] == MAX_DELIVER
         await asyncio.sleep(2.0)  # terminated: no delivery after the last
         assert probe.calls["bad"] == MAX_DELIVER
+        metrics = exposition()[0].decode()
+        counted = rf'likeness_messages_total{{consumer="{probe.main}",outcome="(\w+)"[^}}]*}} (\S+)'
+        assert dict(re.findall(counted, metrics)) == {"dead_lettered": "2.0", "acked": "1.0", "failed": "4.0"}
 
         runner = CliRunner()
 

@@ -6,7 +6,8 @@ After `RetryPolicy.retries` retries it raises `TransientProviderError` (with `re
 the job-level retry (a nak with a delay) takes over. Any other 4xx is `PermanentProviderError` at
 once, carrying the provider's own message. The API key is attached by `ProviderKeyAuth` to requests
 for the provider's own origin only (never to a CDN an image is downloaded from), and no exception,
-log line or repr built here contains it.
+log line or repr built here contains it. Each logical call is counted by outcome (ok, rate_limited,
+transient, refused, timeout) and timed: `likeness_provider_calls_total`, `likeness_provider_call_seconds`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Final
 import httpx
 from pydantic import SecretStr
 
+from infra.metrics import record_provider_call
 from services.provider_adapter.ports import PermanentProviderError, TransientProviderError
 
 log = logging.getLogger(__name__)
@@ -228,6 +230,7 @@ class ProviderHttp:
         allowed = self.retry.retries if retries is None else retries
         tries = allowed + 1
         failure, wait_hint = "", None
+        started, kind = time.monotonic(), "transient"  # likeness_provider_calls{outcome=kind of the last failure}
         for attempt in range(1, tries + 1):
             try:
                 response = await self.client.request(
@@ -241,22 +244,26 @@ class ProviderHttp:
                     follow_redirects=follow_redirects,
                 )
             except httpx.TimeoutException as error:
-                failure, wait_hint = f"timed out ({type(error).__name__})", None
+                failure, wait_hint, kind = f"timed out ({type(error).__name__})", None, "timeout"
             except httpx.TransportError as error:
-                failure, wait_hint = f"connection failed ({type(error).__name__})", None
+                failure, wait_hint, kind = f"connection failed ({type(error).__name__})", None, "transient"
             else:
                 if response.is_success:
+                    record_provider_call(self.provider, "ok", time.monotonic() - started)
                     return response
                 failure = f"HTTP {response.status_code}: {describe_error(response, self.auth.redact)}"
-                wait_hint = None
+                wait_hint, kind = None, "transient"
                 if response.status_code == 429:
+                    kind = "rate_limited"
                     wait_hint = retry_after_s(response.headers.get("Retry-After"), now=self._wall_clock())
                     if wait_hint is not None and wait_hint > self.retry.max_retry_after_s:
+                        record_provider_call(self.provider, kind, time.monotonic() - started)
                         raise TransientProviderError(
                             f"{self.provider} {what}: rate limited, {failure}; retry after {wait_hint:.0f} s",
                             retry_after_s=wait_hint,
                         )
                 elif response.status_code < 500:
+                    record_provider_call(self.provider, "refused", time.monotonic() - started)
                     raise ProviderRefused(self._refusal(what, response.status_code, failure), response)
             if attempt < tries:
                 delay = self.retry.backoff_s(attempt, self._draw())
@@ -272,6 +279,7 @@ class ProviderHttp:
                     extra={"provider": self.provider, "call": what},
                 )
                 await self._sleep(delay)
+        record_provider_call(self.provider, kind, time.monotonic() - started)
         raise TransientProviderError(
             f"{self.provider} {what}: {failure} (gave up after {tries} tries)",
             retry_after_s=wait_hint,
