@@ -3,9 +3,12 @@
 from contracts.envelope import Event, Message
 from contracts.events import (
     ALL_EVENTS,
+    COST_ALERT_THRESHOLDS,
     EVENTS_BY_SUBJECT,
     CharacterCompleted,
     CharacterRequested,
+    CostAlert,
+    CostThreshold,
     GenerateShot,
     HumanVoteCast,
     IdentityFailed,
@@ -37,6 +40,7 @@ STREAM_SUBJECTS = ["likeness.>"]
 
 __all__ = [
     "ALL_EVENTS",
+    "COST_ALERT_THRESHOLDS",
     "EVENTS_BY_SUBJECT",
     "STREAM_NAME",
     "STREAM_SUBJECTS",
@@ -44,6 +48,8 @@ __all__ = [
     "CharacterCompleted",
     "CharacterRequested",
     "ClipScore",
+    "CostAlert",
+    "CostThreshold",
     "Event",
     "FaceScore",
     "GenerateShot",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import Field, field_validator
 
-from contracts.envelope import Event
+from contracts.envelope import EVENT_ID_NAMESPACE, Event
 from contracts.values import (
     ArtifactRef,
     FailureStage,
@@ -221,6 +222,72 @@ class ProviderWebhookReceived(Event):
         return payload
 
 
+CostThreshold = Literal[80, 100]
+COST_ALERT_THRESHOLDS: tuple[CostThreshold, ...] = (80, 100)
+
+
+class CostAlert(Event):
+    """A tenant's recorded spend this calendar month (UTC) reached 80% or 100% of its monthly budget.
+
+    At 100% the gateway refuses new characters and shots for the tenant until the budget is raised
+    (`likeness budgets set`) or the month ends; work already accepted goes on. Storage publishes it in the
+    transaction that records the cost, once per tenant, month and threshold: the event id is derived from
+    the three (`CostAlert.reached`). Costs priced by the offline simulator count; `simulated_usd` says how much.
+    `correlation_id` is the character whose cost crossed the threshold.
+    """
+
+    subject = "likeness.tenant.cost_alert.v1"
+    type: Literal["CostAlert"] = "CostAlert"
+    month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="The calendar month (UTC), YYYY-MM.")
+    threshold_percent: CostThreshold = Field(description="The share of the budget reached.")
+    budget_usd: float = Field(ge=0.0, description="The tenant's monthly budget when the threshold was reached.")
+    spend_usd: float = Field(
+        ge=0.0, description="Recorded spend this month (shots and identities), simulated included."
+    )
+    simulated_usd: float = Field(
+        ge=0.0, description="The part of spend_usd priced by the offline simulator: no provider was paid for it."
+    )
+    message: str = Field(max_length=1000, description="The alert in one or two sentences, with what to do.")
+
+    @classmethod
+    def reached(
+        cls,
+        cause: Event,
+        *,
+        month: str,
+        threshold_percent: CostThreshold,
+        budget_usd: float,
+        spend_usd: float,
+        simulated_usd: float,
+    ) -> CostAlert:
+        """The alert for (cause's tenant, month, threshold), whichever cost event crosses it: the same id every time."""
+        event_id = uuid.uuid5(EVENT_ID_NAMESPACE, f"CostAlert:{cause.tenant_id}:{month}:{threshold_percent}")
+        action = (
+            "new characters and shots are refused until the budget is raised (`likeness budgets set`) "
+            "or the month ends; work already accepted goes on"
+            if threshold_percent >= 100
+            else "at 100% new characters and shots will be refused"
+        )
+        simulated = (
+            f" ${simulated_usd:.2f} of it is simulated (priced by the offline simulator; nobody was paid)."
+            if simulated_usd > 0
+            else ""
+        )
+        return cls(
+            event_id=event_id,
+            correlation_id=cause.correlation_id,
+            causation_id=cause.event_id,
+            tenant_id=cause.tenant_id,
+            month=month,
+            threshold_percent=threshold_percent,
+            budget_usd=budget_usd,
+            spend_usd=spend_usd,
+            simulated_usd=simulated_usd,
+            message=f"Tenant {cause.tenant_id} has spent ${spend_usd:.2f} of its ${budget_usd:.2f} budget for "
+            f"{month} ({threshold_percent}% reached): {action}.{simulated}",
+        )
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     CharacterRequested,
     ReferencesStored,
@@ -236,6 +303,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     CharacterCompleted,
     HumanVoteCast,
     ProviderWebhookReceived,
+    CostAlert,
 )
 
 EVENTS_BY_SUBJECT: dict[str, type[Event]] = {event.subject: event for event in ALL_EVENTS}

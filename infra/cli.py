@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from infra.cli_budgets import app as budgets_app
 from infra.cli_dlq import app as dlq_app
 from infra.cli_keys import app as keys_app
 from infra.cli_report import report as report_command
@@ -237,6 +238,7 @@ def prepare_models() -> None:
 
 
 app.add_typer(keys_app, name="keys")
+app.add_typer(budgets_app, name="budgets")
 app.add_typer(dlq_app, name="dlq")
 app.command("report")(report_command)
 app.command("status")(status_command)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from contracts import (
     CharacterRequested,
+    CostAlert,
     Event,
     HumanVoteCast,
     IdentityReady,
@@ -27,7 +28,7 @@ from contracts import (
 from contracts.values import FaceNote
 from services.provider_adapter.ports import IdentityRecord, ReferenceImage
 from services.scoring.ports import FaceCandidate, FaceObservation
-from services.storage.ports import CharacterRecord, ShotCounts
+from services.storage.ports import CharacterRecord, MonthSpend, ShotCounts
 
 
 def image_ref(tenant: str = "studio", seed: int = 0) -> ImageRef:
@@ -86,6 +87,10 @@ class FakeRecords:
     scores: list[ShotScored] = field(default_factory=list)
     log: list[Event] = field(default_factory=list)
     votes: dict[tuple[UUID, str], HumanVoteCast] = field(default_factory=dict)
+    budgets: dict[str, float] = field(default_factory=dict)  # tenant -> monthly USD (set by `likeness budgets`)
+    month: str = "2026-11"  # the calendar month (UTC) costs are recorded in now
+    costs: dict[UUID, tuple[str, str, float, bool]] = field(default_factory=dict)  # shot/character id -> cost
+    cost_alerts: dict[tuple[str, str, int], CostAlert] = field(default_factory=dict)
 
     async def add_character(self, event: CharacterRequested) -> None:
         self.characters.setdefault(
@@ -106,6 +111,8 @@ class FakeRecords:
 
     async def mark_identity_ready(self, event: IdentityReady) -> None:
         self.characters[event.character_id]["status"] = "ready"
+        month = self.costs[event.character_id][1] if event.character_id in self.costs else self.month
+        self.costs[event.character_id] = (event.tenant_id, month, event.cost_usd, event.simulated)
 
     async def mark_identity_failed(self, character_id: UUID, reason: str) -> None:
         self.characters[character_id]["status"] = "identity_failed"
@@ -141,6 +148,7 @@ class FakeRecords:
         if shot is None or shot["status"] not in ("requested", "stored"):
             return None
         shot["status"] = "stored"
+        self.costs[event.shot_id] = (shot["tenant_id"], self.month, event.cost_usd, event.simulation is not None)
         return str(shot["prompt"])
 
     async def add_score(self, event: ShotScored) -> bool:
@@ -171,6 +179,28 @@ class FakeRecords:
             failed=sum(s["status"] == "failed" for s in mine),
             verdicts=verdicts,
         )
+
+    async def month_spend(self, tenant_id: str) -> MonthSpend | None:
+        if tenant_id not in self.budgets:
+            return None
+        mine = [
+            (usd, simulated)
+            for tenant, month, usd, simulated in self.costs.values()
+            if (tenant, month) == (tenant_id, self.month)
+        ]
+        return MonthSpend(
+            month=self.month,
+            budget_usd=self.budgets[tenant_id],
+            spend_usd=sum(usd for usd, _ in mine),
+            simulated_usd=sum(usd for usd, simulated in mine if simulated),
+        )
+
+    async def record_cost_alert(self, alert: CostAlert) -> bool:
+        key = (alert.tenant_id, alert.month, alert.threshold_percent)
+        if key in self.cost_alerts:
+            return False
+        self.cost_alerts[key] = alert
+        return True
 
     async def log_events(self, events: list[Event], character_id: UUID) -> None:
         self.log.extend(events)

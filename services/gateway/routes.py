@@ -19,6 +19,7 @@ from contracts import CharacterRequested, ImageRef, ShotParams, ShotRequested, S
 from infra.bus import publish_event
 from infra.objects import artifact_key, image_key
 from services.gateway.auth import Tenant, WriteTenant
+from services.gateway.budgets import BUDGET_RESPONSES, refuse_over_budget
 from services.gateway.deps import Gateway
 from services.gateway.images import ImageLimits, ImageRejected, read_limited, validate_reference
 from services.gateway.reference_urls import ReferenceUrlProblem
@@ -43,7 +44,7 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-@router.post("/characters", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/characters", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, responses=BUDGET_RESPONSES)
 async def create_character(
     request: Request,
     tenant: WriteTenant,
@@ -60,6 +61,7 @@ async def create_character(
 ) -> Accepted:
     """Submit a character. Nothing is stored unless every reference is valid."""
     gateway = _gateway(request)
+    await refuse_over_budget(gateway.read_model, tenant)
     settings = gateway.settings
     if provider not in settings.providers:
         raise HTTPException(
@@ -151,12 +153,18 @@ async def get_character(request: Request, tenant: Tenant, character_id: UUID) ->
     return signed
 
 
-@router.post("/characters/{character_id}/shots", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post(
+    "/characters/{character_id}/shots",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=BUDGET_RESPONSES,
+)
 async def request_shot(request: Request, tenant: WriteTenant, character_id: UUID, params: ShotParams) -> Accepted:
     """Ask for one shot of the character. It is generated once the identity is ready."""
     gateway = _gateway(request)
     if not await gateway.read_model.character_exists(tenant, character_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no character {character_id}")
+    await refuse_over_budget(gateway.read_model, tenant)
     shot_id = uuid.uuid4()
     event = ShotRequested(
         correlation_id=character_id, tenant_id=tenant, shot_id=shot_id, character_id=character_id, params=params

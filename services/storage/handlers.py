@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from contracts import (
+    COST_ALERT_THRESHOLDS,
     CharacterCompleted,
     CharacterRequested,
+    CostAlert,
     Event,
     HumanVoteCast,
     IdentityFailed,
@@ -17,7 +19,7 @@ from contracts import (
     ShotScored,
     ShotStored,
 )
-from services.storage.ports import Records
+from services.storage.ports import MonthSpend, Records
 
 
 class ShotNotRecordedYet(Exception):
@@ -44,7 +46,7 @@ async def on_identity_progress(event: IdentityProgress, *, records: Records) -> 
 
 async def on_identity_ready(event: IdentityReady, *, records: Records) -> list[Event]:
     await records.mark_identity_ready(event)
-    return []
+    return await _cost_alerts(event, records)
 
 
 async def on_identity_failed(event: IdentityFailed, *, records: Records) -> list[Event]:
@@ -86,16 +88,43 @@ async def on_shot_generated(event: ShotGenerated, *, records: Records) -> list[E
         if await records.shot_exists(event.shot_id):
             return []  # already scored or failed: a late duplicate changes nothing
         raise ShotNotRecordedYet(f"shot {event.shot_id} generated before its request was recorded")
-    return [
-        ShotStored.follow(
-            event,
-            shot_id=event.shot_id,
-            character_id=event.character_id,
-            prompt=prompt,
-            image=event.image,
-            references=await records.references(event.character_id),
+    stored = ShotStored.follow(
+        event,
+        shot_id=event.shot_id,
+        character_id=event.character_id,
+        prompt=prompt,
+        image=event.image,
+        references=await records.references(event.character_id),
+    )
+    return [stored, *await _cost_alerts(event, records)]
+
+
+def budget_reached(spend: MonthSpend, threshold_percent: int) -> bool:
+    """Spend at or over `threshold_percent` of the budget (to a millionth of a dollar, so 0.1 + 0.7 reaches 0.8)."""
+    return round(spend.spend_usd * 100, 4) >= round(spend.budget_usd * threshold_percent, 4)
+
+
+async def _cost_alerts(cause: ShotGenerated | IdentityReady, records: Records) -> list[Event]:
+    """A CostAlert for each threshold this month's recorded spend (the cost just recorded included) has reached
+    for the first time; a threshold already announced this month (by any replica, for any event) stays quiet."""
+    spend = await records.month_spend(cause.tenant_id)
+    if spend is None:
+        return []  # no budget: unlimited
+    alerts: list[Event] = []
+    for threshold in COST_ALERT_THRESHOLDS:
+        if not budget_reached(spend, threshold):
+            continue
+        alert = CostAlert.reached(
+            cause,
+            month=spend.month,
+            threshold_percent=threshold,
+            budget_usd=spend.budget_usd,
+            spend_usd=spend.spend_usd,
+            simulated_usd=spend.simulated_usd,
         )
-    ]
+        if await records.record_cost_alert(alert):
+            alerts.append(alert)
+    return alerts
 
 
 async def on_shot_scored(event: ShotScored, *, records: Records) -> list[Event]:

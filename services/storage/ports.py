@@ -8,6 +8,7 @@ from uuid import UUID
 
 from contracts import (
     CharacterRequested,
+    CostAlert,
     Event,
     HumanVoteCast,
     IdentityReady,
@@ -36,6 +37,16 @@ class ShotCounts:
     @property
     def open(self) -> int:
         return self.total - self.scored - self.failed
+
+
+@dataclass(frozen=True)
+class MonthSpend:
+    """A tenant's monthly budget and what storage has recorded against it this calendar month (UTC)."""
+
+    month: str  # YYYY-MM
+    budget_usd: float
+    spend_usd: float  # shots and identities, simulated costs included
+    simulated_usd: float  # the part priced by the offline simulator
 
 
 class Records(Protocol):
@@ -75,6 +86,15 @@ class Records(Protocol):
 
     async def record_vote(self, event: HumanVoteCast) -> None:
         """Keep the rater's answer for the shot; a later vote replaces an earlier one, never the reverse."""
+        ...
+
+    async def month_spend(self, tenant_id: str) -> MonthSpend | None:
+        """The tenant's budget and spend this month, counted after every other cost of the tenant being recorded
+        now has committed (costs are recorded one at a time per budgeted tenant); None: no budget, no limit."""
+        ...
+
+    async def record_cost_alert(self, alert: CostAlert) -> bool:
+        """Keep the alert; True when it is the first for its tenant, month and threshold (then it is sent)."""
         ...
 
     async def log_events(self, events: list[Event], character_id: UUID) -> None: ...

@@ -11,6 +11,8 @@ from uuid import UUID
 
 import asyncpg
 
+from services.gateway.budgets import BudgetStanding
+
 _SHOT_COLUMNS = """
     s.shot_id, s.character_id, s.status, s.params, s.provider, s.image, s.latency_ms, s.cost_usd,
     s.attempts, s.simulation, s.failure_stage, s.failure_reason, s.requested_at, s.finished_at,
@@ -48,9 +50,51 @@ def _weights(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**stored, "url": f"/v1/artifacts/{stored['sha256']}"}
 
 
+# The tenant's budget and its recorded spend this calendar month (UTC, computed on UTC timestamps so the
+# session's time zone cannot move the month's end): shots by stored_at, identities by identity_ready_at,
+# simulated costs included, as storage counts them for its cost alerts.
+_BUDGET_STANDING = """
+    WITH month AS (
+        SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AS start_utc,
+               date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month' AS end_utc
+    ), bounds AS (
+        SELECT to_char(start_utc, 'YYYY-MM') AS month,
+               start_utc AT TIME ZONE 'UTC' AS start_at, end_utc AT TIME ZONE 'UTC' AS end_at FROM month
+    ), costs AS (
+        SELECT s.cost_usd AS usd, s.simulation IS NOT NULL AS simulated
+          FROM records.shots s, bounds b
+         WHERE s.tenant_id = $1 AND s.cost_usd IS NOT NULL AND s.stored_at >= b.start_at AND s.stored_at < b.end_at
+        UNION ALL
+        SELECT c.identity_cost_usd, coalesce(c.identity_simulated, false)
+          FROM records.characters c, bounds b
+         WHERE c.tenant_id = $1 AND c.identity_cost_usd IS NOT NULL
+           AND c.identity_ready_at >= b.start_at AND c.identity_ready_at < b.end_at
+    )
+    SELECT b.month, b.end_at,
+           (SELECT coalesce(sum(usd), 0) FROM costs) AS spend_usd,
+           (SELECT coalesce(sum(usd) FILTER (WHERE simulated), 0) FROM costs) AS simulated_usd
+      FROM bounds b"""
+
+
 class ReadModel:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    async def budget_standing(self, tenant_id: str) -> BudgetStanding | None:
+        """The tenant's monthly budget and this month's recorded spend; None when it has no budget (no limit)."""
+        budget = await self._pool.fetchval("SELECT monthly_usd FROM gateway.budgets WHERE tenant_id=$1", tenant_id)
+        if budget is None:
+            return None  # and records is not read at all
+        row = await self._pool.fetchrow(_BUDGET_STANDING, tenant_id)
+        assert row is not None
+        return BudgetStanding(
+            tenant_id=tenant_id,
+            month=row["month"],
+            budget_usd=float(budget),
+            spend_usd=float(row["spend_usd"]),
+            simulated_usd=float(row["simulated_usd"]),
+            resets_at=row["end_at"],
+        )
 
     async def character_exists(self, tenant_id: str, character_id: UUID) -> bool:
         found = await self._pool.fetchval(

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from contracts import (
     CharacterRequested,
+    CostAlert,
     Event,
     HumanVoteCast,
     IdentityReady,
@@ -16,10 +17,34 @@ from contracts import (
     ShotScored,
 )
 from infra.db import DbConnection
-from services.storage.ports import CharacterRecord, ShotCounts
+from services.storage.ports import CharacterRecord, MonthSpend, ShotCounts
 
 _CHARACTER = "SELECT character_id, tenant_id, provider, status FROM records.characters WHERE character_id=$1"
 _CHARACTER_FOR_UPDATE = _CHARACTER + " FOR UPDATE"
+
+# This calendar month (UTC) as [start, end): computed on UTC timestamps, so the session's time zone cannot
+# shift a month's end. A shot's cost counts in the month of stored_at, an identity's in identity_ready_at's.
+_MONTH_SPEND = """
+    WITH month AS (
+        SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AS start_utc,
+               date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month' AS end_utc
+    ), bounds AS (
+        SELECT to_char(start_utc, 'YYYY-MM') AS month,
+               start_utc AT TIME ZONE 'UTC' AS start_at, end_utc AT TIME ZONE 'UTC' AS end_at FROM month
+    ), costs AS (
+        SELECT s.cost_usd AS usd, s.simulation IS NOT NULL AS simulated
+          FROM records.shots s, bounds b
+         WHERE s.tenant_id = $1 AND s.cost_usd IS NOT NULL AND s.stored_at >= b.start_at AND s.stored_at < b.end_at
+        UNION ALL
+        SELECT c.identity_cost_usd, coalesce(c.identity_simulated, false)
+          FROM records.characters c, bounds b
+         WHERE c.tenant_id = $1 AND c.identity_cost_usd IS NOT NULL
+           AND c.identity_ready_at >= b.start_at AND c.identity_ready_at < b.end_at
+    )
+    SELECT b.month,
+           (SELECT coalesce(sum(usd), 0) FROM costs) AS spend_usd,
+           (SELECT coalesce(sum(usd) FILTER (WHERE simulated), 0) FROM costs) AS simulated_usd
+      FROM bounds b"""
 
 
 class PostgresRecords:
@@ -68,7 +93,8 @@ class PostgresRecords:
         await self._conn.execute(
             """UPDATE records.characters SET status='ready', identity_percent=100, identity_ref=$2,
                    training_seconds=$3, identity_cost_usd=$4, identity_simulated=$5,
-                   identity_weights=$6::text::jsonb, updated_at=now()
+                   identity_weights=$6::text::jsonb, identity_ready_at=coalesce(identity_ready_at, now()),
+                   updated_at=now()
                WHERE character_id=$1""",
             event.character_id,
             event.identity_ref,
@@ -196,6 +222,41 @@ class PostgresRecords:
             verdicts[verdict_row["verdict"]] = verdicts.get(verdict_row["verdict"], 0) + 1
         assert row is not None
         return ShotCounts(total=row["total"], scored=row["scored"], failed=row["failed"], verdicts=verdicts)
+
+    async def month_spend(self, tenant_id: str) -> MonthSpend | None:
+        # The budget lives in the gateway's schema (`likeness budgets` writes it); storage only reads it, and a
+        # database whose gateway has not created the table yet has no budgets.
+        if not await self._conn.fetchval("SELECT to_regclass('gateway.budgets') IS NOT NULL"):
+            return None
+        budget = await self._conn.fetchval("SELECT monthly_usd FROM gateway.budgets WHERE tenant_id=$1", tenant_id)
+        if budget is None:
+            return None
+        # One cost at a time per budgeted tenant (until this transaction ends): the sum below then sees every
+        # cost committed before it, so no two replicas can both miss a threshold their costs cross together.
+        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('likeness-budget'), hashtext($1))", tenant_id)
+        row = await self._conn.fetchrow(_MONTH_SPEND, tenant_id)
+        assert row is not None
+        return MonthSpend(
+            month=row["month"],
+            budget_usd=float(budget),
+            spend_usd=float(row["spend_usd"]),
+            simulated_usd=float(row["simulated_usd"]),
+        )
+
+    async def record_cost_alert(self, alert: CostAlert) -> bool:
+        first = await self._conn.fetchval(
+            """INSERT INTO records.cost_alerts
+                   (tenant_id, month, threshold_percent, event_id, budget_usd, spend_usd, simulated_usd)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true""",
+            alert.tenant_id,
+            alert.month,
+            alert.threshold_percent,
+            alert.event_id,
+            alert.budget_usd,
+            alert.spend_usd,
+            alert.simulated_usd,
+        )
+        return bool(first)
 
     async def log_events(self, events: list[Event], character_id: UUID) -> None:
         await self._conn.executemany(
