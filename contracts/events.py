@@ -288,6 +288,62 @@ class CostAlert(Event):
         )
 
 
+# The tenant of a dead letter whose message could not be read (a real tenant starts with a letter or digit).
+UNREADABLE_TENANT = "_unreadable"
+
+
+class MessageDeadLettered(Event):
+    """A consumer gave up on a message after its last allowed delivery (`max_deliver`).
+
+    The message, its headers and the error are kept in `messaging.dead_letters`; `likeness dlq` shows,
+    redrives or drops it. `correlation_id` and `tenant_id` are the message's own when it could be read;
+    for an unreadable (poison) message they are this event's id and `_unreadable`. One per consumer and
+    stream sequence: the event id is derived from the two.
+    """
+
+    subject = "likeness.message.dead_lettered.v1"
+    type: Literal["MessageDeadLettered"] = "MessageDeadLettered"
+    service: str = Field(description="The service whose consumer gave up.")
+    consumer: str = Field(description="The durable JetStream consumer, e.g. scoring-shot-stored-<key>.")
+    message_subject: str = Field(description="The subject the message was published on.")
+    stream_seq: int = Field(ge=1, description="The message's sequence in the LIKENESS stream.")
+    message_event_id: UUID | None = Field(description="The message's event id; null when it could not be read.")
+    deliveries: int = Field(ge=1)
+    error: str = Field(max_length=8000, description="The last error, as the handler raised it.")
+    dead_letter_id: int | None = Field(description="The row in messaging.dead_letters (`likeness dlq show ID`).")
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        service: str,
+        consumer: str,
+        message_subject: str,
+        stream_seq: int,
+        message_event_id: UUID | None,
+        correlation_id: UUID | None,
+        tenant_id: str | None,
+        deliveries: int,
+        error: str,
+        dead_letter_id: int | None,
+    ) -> MessageDeadLettered:
+        event_id = uuid.uuid5(EVENT_ID_NAMESPACE, f"MessageDeadLettered:{consumer}:{stream_seq}")
+        return cls(
+            event_id=event_id,
+            correlation_id=correlation_id or event_id,
+            causation_id=message_event_id,
+            tenant_id=tenant_id or UNREADABLE_TENANT,
+            service=service,
+            consumer=consumer,
+            message_subject=message_subject,
+            stream_seq=stream_seq,
+            message_event_id=message_event_id,
+            deliveries=deliveries,
+            error=error[:8000],
+            dead_letter_id=dead_letter_id,
+        )
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     CharacterRequested,
     ReferencesStored,
@@ -304,6 +360,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     HumanVoteCast,
     ProviderWebhookReceived,
     CostAlert,
+    MessageDeadLettered,
 )
 
 EVENTS_BY_SUBJECT: dict[str, type[Event]] = {event.subject: event for event in ALL_EVENTS}

@@ -3,10 +3,10 @@
 Every worker's broker runs `DeadLetterMiddleware` around each message. A message whose handling
 raises (a handler error, or a payload that is not the event it should be: a poison message) is
 nak'ed with a backoff while deliveries remain; at the consumer's last allowed delivery
-(`max_deliver`) it is written to `messaging.dead_letters` with its error, announced on
-`likeness.deadletter.<consumer>`, and terminated, so JetStream stops redelivering it and nothing is
-lost silently. `likeness dlq` lists, shows, redrives (publishes the stored message again, for that
-one consumer) and drops them.
+(`max_deliver`) it is written to `messaging.dead_letters` with its error, announced as
+`MessageDeadLettered` (`likeness.message.dead_lettered.v1`), and terminated, so JetStream stops
+redelivering it and nothing is lost silently. `likeness dlq` lists, shows, redrives (publishes the
+stored message again, for that one consumer) and drops them.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from faststream import BaseMiddleware
 from faststream._internal.context.repository import ContextRepo
 from nats.aio.msg import Msg
 
+from contracts import MessageDeadLettered
 from infra.delivery import Publish
 from infra.logs import bind_message_ids
 from infra.metrics import record_handled
 
 log = logging.getLogger(__name__)
 
-DEAD_LETTER_SUBJECT = "likeness.deadletter.{consumer}"
 # A redriven message carries the consumer it is meant for; every other consumer of its subject acks it unseen.
 REDRIVE_HEADER = "Likeness-Redrive-For"
 
@@ -221,18 +221,21 @@ class _Handling(BaseMiddleware):
             letter_id = await PostgresDeadLetters(self.owner.pool()).record(
                 service=self.owner.service, consumer=consumer, msg=msg, error=reason, deliveries=delivered
             )
-            record = {
-                "consumer": consumer,
-                "subject": msg.subject,
-                "stream_seq": msg.metadata.sequence.stream,
-                "error": reason,
-                "deliveries": delivered,
-                "dead_letter_id": letter_id,
-            }
+            event_id, correlation_id, tenant_id = envelope_ids(msg.data)
+            notice = MessageDeadLettered.of(
+                service=self.owner.service,
+                consumer=consumer,
+                message_subject=msg.subject,
+                stream_seq=msg.metadata.sequence.stream,
+                message_event_id=event_id,
+                correlation_id=correlation_id,
+                tenant_id=tenant_id,
+                deliveries=delivered,
+                error=reason,
+                dead_letter_id=letter_id,
+            )
             await self.owner.publish(
-                DEAD_LETTER_SUBJECT.format(consumer=consumer),
-                json.dumps(record).encode(),
-                {"Nats-Msg-Id": f"deadletter:{consumer}:{msg.metadata.sequence.stream}"},
+                notice.subject, notice.model_dump_json().encode(), {"Nats-Msg-Id": str(notice.event_id)}
             )
         except Exception:  # keep the message un-acked: JetStream's max-deliveries advisory still names it
             log.exception("could not dead-letter a message of %s after %d deliveries", consumer, delivered)

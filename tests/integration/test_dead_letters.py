@@ -4,7 +4,6 @@ likeness.deadletter.<consumer>, with its error; `likeness dlq` lists, shows, red
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 from collections import Counter
@@ -16,7 +15,7 @@ import pytest
 from faststream.nats import NatsMessage, NatsRouter
 from typer.testing import CliRunner, Result
 
-from contracts import Event
+from contracts import Event, MessageDeadLettered
 from infra.bus import publish_event, settle, subscribe
 from infra.cli import app as cli
 from infra.dead_letters import PostgresDeadLetters
@@ -105,7 +104,7 @@ async def test_failing_and_poison_messages_are_dead_lettered_then_redriven(
     letters = PostgresDeadLetters(runtime.pool)
     connection = await nats.connect(stack_endpoints.nats_url)
     js = connection.jetstream()
-    announced = await js.subscribe(f"likeness.deadletter.{probe.main}", ordered_consumer=True)
+    announced = await js.subscribe(MessageDeadLettered.subject, ordered_consumer=True)
     try:
         probe.failing.add("bad")
         bad = probe_event("bad")
@@ -133,9 +132,17 @@ async def test_failing_and_poison_messages_are_dead_lettered_then_redriven(
         assert probe.done["good"] == 1
         # the bystander consumer read the same ProbeHappened events and has its own record of the poison
         assert len(await letters.list(consumer=probe.bystander)) == 1
-        notice = json.loads((await announced.next_msg(timeout=5)).data)
-        assert notice["consumer"] == probe.main
-        assert notice["deliveries"] == MAX_DELIVER
+        notices: list[MessageDeadLettered] = []
+        async with asyncio.timeout(10):
+            while len(notices) < 2:
+                notice = MessageDeadLettered.model_validate_json((await announced.next_msg(timeout=5)).data)
+                if notice.consumer == probe.main:
+                    notices.append(notice)
+        assert {n.message_event_id for n in notices} == {bad.event_id, None}
+        assert {n.dead_letter_id for n in notices} == {failed.id, poison.id}
+        unreadable = next(n for n in notices if n.message_event_id is None)
+        assert unreadable.tenant_id == "_unreadable"
+        assert all(n.deliveries == MAX_DELIVER for n in notices)
         await asyncio.sleep(2.0)  # terminated: no delivery after the last
         assert probe.calls["bad"] == MAX_DELIVER
         metrics = exposition()[0].decode()
