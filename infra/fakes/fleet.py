@@ -63,6 +63,21 @@ class FakeFleet:
             "LIKENESS_GATEWAY_PROVIDERS": ",".join(["sim", *FAKED_PROVIDERS]),
         }
 
+    def shot_submissions(self) -> dict[str, int]:
+        """Shot jobs each fake accepted (trainings and uploads not counted), by fake name.
+
+        What the provider was paid for: with the provider adapter resuming saved jobs, each fake's
+        count is the shots sent to it plus the jobs that failed at the provider and were submitted
+        again, whatever was killed or restarted in between.
+        """
+        return {
+            "fal": self.fal.accepted - self.fal.training_accepted,
+            "leonardo": self.leonardo.accepted,
+            "astria": self.astria.prompts_created,
+            "replicate": self.replicate.predictions_accepted,
+            "comfyui": self.comfyui.accepted,
+        }
+
     def notice(self, provider: str) -> str:
         fake = FAKED_PROVIDERS[provider]
         return (

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 
 from contracts import (
     ArtifactRef,
@@ -30,10 +33,15 @@ from services.provider_adapter.ports import (
     PermanentProviderError,
     ProgressCallback,
     Provider,
+    ProviderJobFailed,
     ReferenceImage,
+    ShotJob,
+    ShotJobs,
     ShotRequest,
     TransientProviderError,
 )
+
+log = logging.getLogger(__name__)
 
 Heartbeat = Callable[[float, str], Awaitable[None]]
 
@@ -202,25 +210,92 @@ async def generate(
     references: list[ReferenceImage],
     attempt: int,
     max_attempts: int,
+    jobs: ShotJobs,
     on_progress: ProgressCallback | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> GeneratedImage | ShotFailed:
-    """Call the provider once. Transient errors propagate for a later retry until attempts run out."""
+    """Resume the shot's provider job, or submit one; wait for it. See jobs.py for the rules.
+
+    `attempt` is the command's delivery count: transient errors propagate for a later delivery until
+    it reaches `max_attempts`, then the shot fails. Submissions are numbered apart (ShotJob.attempt).
+    """
+    job = await jobs.latest(command.shot_id)
+    if job is not None and job.outcome in ("refused", "abandoned"):  # settled for good, the event not yet sent
+        return shot_failed(command, command, "generation", job.failure or "the provider job failed")
+    resuming = job is not None and job.outcome in (None, "succeeded")
+    number = job.attempt if job is not None and resuming else (job.attempt + 1 if job is not None else 1)
     request = ShotRequest(
         shot_id=command.shot_id,
         character_id=command.character_id,
         identity_ref=command.identity_ref,
         params=command.params,
         references=references,
-        attempt=attempt,
+        attempt=number,
     )
+    job_id: str | None = None
     try:
-        return await provider.generate(request, on_progress)
-    except TransientProviderError as error:
+        if job is not None and resuming:
+            job_id = job.job_id
+            log.info(
+                "shot %s: resuming %s job %s (submission %d, %s) instead of submitting again",
+                command.shot_id,
+                job.provider,
+                job_id,
+                number,
+                "its image made" if job.outcome == "succeeded" else "still running",
+            )
+        else:
+            if attempt > max_attempts:  # a crash after the last allowed failure: submit nothing more
+                return shot_failed(command, command, "generation", f"gave up after {attempt - 1} attempts")
+            job_id = await provider.start_shot(request)
+            submitted = ShotJob(command.shot_id, number, provider.name, job_id, now())
+            await _record(jobs, submitted, command.tenant_id)
+        image = await provider.finish_shot(job_id, request, on_progress)
+    except ProviderJobFailed as error:
+        if job_id is not None:
+            await jobs.settle(command.shot_id, number, job_id, "failed", str(error))
         if attempt >= max_attempts:
             return shot_failed(command, command, "generation", f"gave up after {attempt} attempts: {error}")
         raise
+    except TransientProviderError as error:
+        if attempt >= max_attempts:
+            reason = f"gave up after {attempt} attempts: {error}"
+            if job_id is not None:
+                await jobs.settle(command.shot_id, number, job_id, "abandoned", reason)
+            return shot_failed(command, command, "generation", reason)
+        raise
     except PermanentProviderError as error:
-        return shot_failed(command, command, "generation", f"the provider refused the shot: {error}")
+        reason = f"the provider refused the shot: {error}"
+        if job_id is not None:
+            await jobs.settle(command.shot_id, number, job_id, "refused", reason)
+        return shot_failed(command, command, "generation", reason)
+    await jobs.settle(command.shot_id, number, job_id, "succeeded")
+    if job is not None and resuming:  # the provider's latency runs from the submission, not from the resume
+        since_submitted_ms = (now() - job.submitted_at).total_seconds() * 1000.0
+        image = replace(image, latency_ms=max(image.latency_ms, since_submitted_ms))
+    return image
+
+
+async def _record(jobs: ShotJobs, job: ShotJob, tenant_id: str) -> None:
+    """Save the job before waiting on it. If that fails, the job is waited on all the same (it is paid for)."""
+    try:
+        recorded = await jobs.record(job, tenant_id)
+    except Exception:
+        log.exception(
+            "shot %s: could not save %s job %s; waiting on it unsaved (a crash now would submit again)",
+            job.shot_id,
+            job.provider,
+            job.job_id,
+        )
+        return
+    if not recorded:
+        log.error(
+            "shot %s was submitted twice: %s job %s for submission %d, which holds another job already",
+            job.shot_id,
+            job.provider,
+            job.job_id,
+            job.attempt,
+        )
 
 
 def shot_generated(command: GenerateShot, image: GeneratedImage, stored: ImageRef, attempt: int) -> ShotGenerated:

@@ -3,6 +3,25 @@
 Identity jobs are submitted once (the provider's job id is saved before waiting, so a restart
 resumes instead of paying twice); shots are generated, copied into our object storage, and
 announced through the outbox.
+
+Shot jobs follow the same rule (`handlers.generate`, table `provider.shot_jobs`):
+
+- `Provider.start_shot` submits and returns the provider's job id; it is saved (shot id, submission
+  number, provider, job id) before `Provider.finish_shot` waits on it. Every delivery of a
+  `GenerateShot` first looks up the shot's latest job and, if one is running (or made its image and
+  the event was not sent yet), resumes it with `finish_shot` and logs "resuming ... instead of
+  submitting again". A killed or restarted adapter therefore never pays for the same shot twice.
+- A new job is submitted, as the next submission number, only when the latest one ended without an
+  image (`ProviderJobFailed`: the provider's error, a time-out we cancelled it for, a job the provider
+  lost), and only while the delivery count has not passed `max_attempts`: the attempt policy is
+  unchanged (a transient error is retried on a later delivery until `max_attempts`, then ShotFailed).
+- A plain TransientProviderError while waiting (a poll failed) leaves the job running: the next
+  delivery resumes it. Cancelling the wait (shutdown) leaves it running too.
+- PermanentProviderError fails the shot (ShotFailed) at once, resubmitting nothing; the job is
+  settled `refused` (or `abandoned` when attempts run out while it was still running), so a
+  redelivery re-announces the failure instead of submitting.
+- The primary key (shot id, submission) refuses a second job for the same submission: where two
+  workers raced, the loser logs "submitted twice" (an ERROR) and still waits on the job it paid for.
 """
 
 from __future__ import annotations
@@ -26,6 +45,7 @@ from infra.bus import RetryLater, backoff_s, delivery_count, publish_event
 from infra.runtime import Runtime
 from services.provider_adapter import handlers
 from services.provider_adapter.adapters.identities import PostgresIdentities
+from services.provider_adapter.adapters.shot_jobs import PostgresShotJobs
 from services.provider_adapter.artifacts import WeightsCopier
 from services.provider_adapter.ports import (
     GeneratedImage,
@@ -167,6 +187,7 @@ class ProviderWork:
                     references=await self.load_references(command.references),
                     attempt=attempt,
                     max_attempts=self.settings.max_attempts,
+                    jobs=PostgresShotJobs(self.runtime.pool),
                     on_progress=still_working,
                 )
             except TransientProviderError as error:

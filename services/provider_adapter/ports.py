@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
 from uuid import UUID
 
@@ -30,6 +31,14 @@ class PermanentProviderError(ProviderError):
     """Validation errors and refusals: retrying cannot help; the shot or identity fails."""
 
     retryable = False
+
+
+class ProviderJobFailed(TransientProviderError):
+    """The provider's shot job ended without a usable image (its own error, a time-out we cancelled it
+    for, a job it no longer knows). Waiting on that job again cannot help; a new attempt submits a new
+    job. A plain TransientProviderError from `finish_shot` means the job's fate is unknown (a poll
+    failed): the next delivery resumes the same job instead.
+    """
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,23 @@ class Provider(Protocol):
         """Where the identity job stands. Safe to call repeatedly and after a restart."""
         ...
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
-        """Make one shot. Raises TransientProviderError or PermanentProviderError."""
+    async def start_shot(self, request: ShotRequest) -> str:
+        """Submit one shot and return the provider's job id, which the service saves before waiting.
+
+        Raises PermanentProviderError (retrying cannot help) or TransientProviderError (nothing was
+        submitted, as far as we know: try again later).
+        """
+        ...
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
+        """Wait for the job `start_shot` returned and fetch its image. Never submits anything.
+
+        Safe to call again with the same job id, after a crash or by a later delivery: it resumes.
+        Raises ProviderJobFailed (the job ended without an image: a new attempt may submit again),
+        TransientProviderError (the job's fate is unknown: resume it later) or PermanentProviderError.
+        """
         ...
 
 
@@ -129,6 +153,44 @@ class IdentityRecord:
     identity_ref: str | None
     references: list[ImageRef]
     failure: str | None
+
+
+ShotJobOutcome = Literal["succeeded", "failed", "refused", "abandoned"]
+
+
+@dataclass(frozen=True)
+class ShotJob:
+    """One provider job submitted for a shot (table `provider.shot_jobs`).
+
+    `attempt` numbers the shot's submissions (1, 2, ...). `outcome` None: submitted, not settled yet
+    (resume it); succeeded: it made the image (resume fetches it again); failed: it ended without an
+    image (a new attempt may submit again); refused / abandoned: the shot failed for good with `failure`.
+    """
+
+    shot_id: UUID
+    attempt: int
+    provider: str
+    job_id: str
+    submitted_at: datetime
+    outcome: ShotJobOutcome | None = None
+    failure: str | None = None
+
+
+class ShotJobs(Protocol):
+    """The provider jobs submitted for shots. Each write is durable on its own: a job id must be saved
+    before anything waits on it, whatever happens to the message's transaction."""
+
+    async def latest(self, shot_id: UUID) -> ShotJob | None:
+        """The shot's most recent job (highest attempt), or None before its first submission."""
+        ...
+
+    async def record(self, job: ShotJob, tenant_id: str) -> bool:
+        """Save a job just submitted; False where that shot and attempt hold a job already (submitted twice)."""
+        ...
+
+    async def settle(
+        self, shot_id: UUID, attempt: int, job_id: str, outcome: ShotJobOutcome, failure: str | None = None
+    ) -> None: ...
 
 
 class Identities(Protocol):

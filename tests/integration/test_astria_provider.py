@@ -38,6 +38,7 @@ from services.provider_adapter.providers.astria import FLUX1_DEV, AstriaSettings
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from tests.fakes import RecordingSleep, reference_image
+from tests.provider_shots import generate
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +171,7 @@ async def test_a_tune_then_a_shot_end_to_end_is_a_priced_simulated_real_image(as
     async def on_progress(percent: float, message: str) -> None:
         progress.append((percent, message))
 
-    image = await provider.generate(shot(status.identity_ref, request.references[0], aspect_ratio="3:4"), on_progress)
+    image = await generate(provider, shot(status.identity_ref, request.references[0], aspect_ratio="3:4"), on_progress)
     assert image.content_type == "image/png"
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (768, 1024)
@@ -191,7 +192,7 @@ async def test_a_429_is_waited_out_and_the_tune_made_once(astria: AstriaServer) 
     astria.fake.inject("prompt_status", Fault.rate_limited("0.1"))
     provider = adapter(astria)
     identity_ref, ref = await trained(astria, provider)
-    await provider.generate(shot(identity_ref, ref))
+    await generate(provider, shot(identity_ref, ref))
     assert (astria.fake.tune_posts, astria.fake.tunes_created) == (2, 1)
     assert astria.fake.prompts_created == 1
 
@@ -203,7 +204,7 @@ async def test_5xx_and_slow_answers_are_retried_then_succeed(astria: AstriaServe
     astria.fake.inject("prompt_status", Fault.slow(1.0))  # past the client's read time-out
     provider = adapter(astria, read_s=0.3)
     identity_ref, ref = await trained(astria, provider)
-    image = await provider.generate(shot(identity_ref, ref))
+    image = await generate(provider, shot(identity_ref, ref))
     assert image.data.startswith(b"\x89PNG")
     assert (astria.fake.tune_posts, astria.fake.tunes_created) == (2, 1)
     assert (astria.fake.prompt_posts, astria.fake.prompts_created) == (2, 1)
@@ -228,10 +229,10 @@ async def test_validation_errors_are_permanent_not_retried_and_say_what_is_wrong
     ref = reference_image(sample_reference_png())
     forged = f"astria-tune:999:lora:{FLUX1_DEV}:ohwx:person"
     with pytest.raises(PermanentProviderError, match=r"HTTP 422.*lora 999 is not a trained tune"):
-        await adapter(astria).generate(shot(forged, ref))
+        await generate(adapter(astria), shot(forged, ref))
     assert (astria.fake.prompt_posts, astria.fake.prompts_created) == (1, 0)
     with pytest.raises(PermanentProviderError, match="not an astria-tune identity"):
-        await adapter(astria).generate(shot("fal-flux-lora:lkns0badf00d:https://x/y", ref))
+        await generate(adapter(astria), shot("fal-flux-lora:lkns0badf00d:https://x/y", ref))
 
 
 async def test_a_new_adapter_given_only_the_job_id_resumes_and_no_second_tune_is_made(astria: AstriaServer) -> None:
@@ -273,7 +274,7 @@ async def test_callbacks_carry_a_token_that_verifies_and_a_wrong_one_is_refused(
     assert astria.sink.secret not in astria.fake.received_tunes[-1]["tune[callback]"]  # a derived token only
 
     astria.fake.wrong_callback_token = True
-    await provider.generate(shot(status.identity_ref, request.references[0]))
+    await generate(provider, shot(status.identity_ref, request.references[0]))
     await astria.sink.wait(2)
     assert astria.sink.rejected == ["the callback's token does not match"]
     deadline = time.monotonic() + 5.0  # the fake records the answer after the sink has it

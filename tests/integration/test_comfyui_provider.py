@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import uuid
@@ -37,6 +38,7 @@ from services.provider_adapter.providers.comfyui_workflows import (
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from tests.fakes import RecordingSleep, reference_image
+from tests.provider_shots import generate
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +125,7 @@ async def test_identity_then_a_shot_end_to_end_with_websocket_progress(comfy: Co
     progress = RecordingProgress()
     started = time.monotonic()
     request = await shot(provider, negative_prompt="blurry", guidance=5.0, aspect_ratio="3:4", seed=11)
-    image = await provider.generate(request, progress)
+    image = await generate(provider, request, progress)
     elapsed_ms = (time.monotonic() - started) * 1000
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (896, 1152)  # SDXL's 3:4 size
@@ -160,7 +162,7 @@ async def test_without_a_websocket_it_polls_history_and_still_delivers(comfy_no_
     comfy_no_ws.fake.step_s = 0.05  # slow enough for several polls
     provider = comfy_no_ws.providers()[IPADAPTER]
     progress = RecordingProgress()
-    image = await provider.generate(await shot(provider, aspect_ratio="16:9"), progress)
+    image = await generate(provider, await shot(provider, aspect_ratio="16:9"), progress)
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (1344, 768)
     assert comfy_no_ws.fake.ws_connections == 0
@@ -179,7 +181,7 @@ async def test_a_websocket_that_drops_mid_run_falls_back_to_polling(comfy: Comfy
     comfy.fake.step_s = 0.05
     provider = comfy.providers()[INSTANTID]
     progress = RecordingProgress()
-    assert (await provider.generate(await shot(provider), progress)).data
+    assert (await generate(provider, await shot(provider), progress)).data
     messages = [message for _, message in progress.calls]
     assert messages[:5] == [
         "queued on ComfyUI",
@@ -199,7 +201,7 @@ async def test_a_bearer_token_goes_on_http_and_websocket_and_a_wrong_one_is_perm
     comfy.fake.token = token
     providers = comfy.providers(token=SecretStr(token))
     progress = RecordingProgress()
-    assert (await providers[IPADAPTER].generate(await shot(providers[IPADAPTER]), progress)).data
+    assert (await generate(providers[IPADAPTER], await shot(providers[IPADAPTER]), progress)).data
     assert "step 4/4 on ComfyUI" in [message for _, message in progress.calls]  # the websocket got in
     assert comfy.fake.unauthorized == 0
     wrong = comfy.providers(token=SecretStr("wrong-token"))[IPADAPTER]
@@ -220,7 +222,7 @@ async def test_a_missing_model_file_fails_for_good_naming_the_node_and_the_fix(
     overrides: dict[str, Any] = {checkpoint: "not_here.safetensors"}
     provider = comfy.providers(sleep=sleep, **overrides)[workflow]
     with pytest.raises(PermanentProviderError) as raised:
-        await provider.generate(await shot(provider))
+        await generate(provider, await shot(provider))
     message = str(raised.value)
     assert "prompt_outputs_failed_validation" in message
     assert "node checkpoint (CheckpointLoaderSimple): Value not in list: ckpt_name: 'not_here.safetensors'" in message
@@ -244,7 +246,7 @@ async def test_a_custom_node_not_installed_fails_for_good_saying_what_to_install
     sleep = RecordingSleep(pace_s=0.01)
     provider = comfy.providers(sleep=sleep)[workflow]
     with pytest.raises(PermanentProviderError) as raised:
-        await provider.generate(await shot(provider))
+        await generate(provider, await shot(provider))
     assert f"Cannot execute because node {missing} does not exist. (Node ID '#apply')" in str(raised.value)
     assert f"install the custom node pack {pack}" in str(raised.value)
     assert (comfy.fake.prompt_posts, sleep.calls) == (1, [])
@@ -258,7 +260,7 @@ async def test_a_graph_with_a_broken_link_and_a_missing_input_names_both_nodes(c
     del graph["sampler"]["inputs"]["cfg"]
     client = provider.client()
     with pytest.raises(PermanentProviderError) as raised:
-        await client.run(IPADAPTER, graph, None)
+        await client.start(IPADAPTER, request.references[0], lambda _: graph)
     message = str(raised.value)
     assert "node apply (IPAdapterAdvanced): Linked node does not exist: ipadapter, node 'nowhere'" in message
     assert "node sampler (KSampler): Required input is missing: cfg" in message
@@ -268,7 +270,7 @@ async def test_a_failure_while_running_is_permanent_and_names_the_node(comfy: Co
     comfy.fake.fail_at = "ApplyInstantID"
     provider = comfy.providers()[INSTANTID]
     with pytest.raises(PermanentProviderError, match=r"failed at node apply \(ApplyInstantID\): .*No face detected"):
-        await provider.generate(await shot(provider))
+        await generate(provider, await shot(provider))
 
 
 async def test_5xx_and_429_are_retried_then_the_shot_succeeds(comfy: ComfyServer) -> None:
@@ -278,7 +280,7 @@ async def test_5xx_and_429_are_retried_then_the_shot_succeeds(comfy: ComfyServer
     comfy.fake.inject("view", Fault.unavailable())  # the reference check
     sleep = RecordingSleep(pace_s=0.01)
     provider = comfy.providers(sleep=sleep)[REFERENCE_ONLY]
-    image = await provider.generate(await shot(provider))
+    image = await generate(provider, await shot(provider))
     assert image.data
     assert comfy.fake.prompt_posts == 3
     assert comfy.fake.accepted == 1
@@ -291,7 +293,7 @@ async def test_5xx_until_the_retries_run_out_is_transient(comfy: ComfyServer) ->
     request = await shot(provider)
     comfy.fake.inject("prompt", *[Fault.unavailable()] * 4)
     with pytest.raises(TransientProviderError, match="gave up after 4 tries"):
-        await provider.generate(request)
+        await generate(provider, request)
     assert comfy.fake.accepted == 0
 
 
@@ -305,7 +307,7 @@ async def test_a_restart_after_upload_uploads_nothing_new(comfy: ComfyServer) ->
         IdentityRequest(uuid.uuid4(), "studio", "instant_reference", [ref])
     )
     assert again == identity
-    assert (await restarted[IPADAPTER].generate(await shot(restarted[IPADAPTER], ref))).data
+    assert (await generate(restarted[IPADAPTER], await shot(restarted[IPADAPTER], ref))).data
     assert comfy.fake.uploads == 1
     assert list(comfy.fake.inputs) == [upload_name(ref)]
 
@@ -314,14 +316,14 @@ async def test_a_wiped_input_folder_is_uploaded_again_before_the_shot(comfy: Com
     provider = comfy.providers()[IPADAPTER]
     request = await shot(provider)
     comfy.fake.inputs.clear()  # ComfyUI reinstalled, or its input folder is not persistent
-    assert (await provider.generate(request)).data
+    assert (await generate(provider, request)).data
     assert comfy.fake.uploads == 2
 
 
 async def test_a_configured_price_per_gpu_second_is_charged(comfy: ComfyServer) -> None:
     comfy.fake.step_s = 0.05
     provider = comfy.providers(usd_per_gpu_second=0.001)[IPADAPTER]
-    image = await provider.generate(await shot(provider))
+    image = await generate(provider, await shot(provider))
     assert 0.0002 <= image.cost_usd <= 0.01
 
 
@@ -333,13 +335,31 @@ async def test_without_a_url_comfyui_is_not_available() -> None:
     assert not any(provider.available() for provider in providers.values())
     request = ShotRequest(uuid.uuid4(), uuid.uuid4(), "x", ShotParams(prompt="hi"), [reference()])
     with pytest.raises(PermanentProviderError, match="set COMFYUI_URL"):
-        await providers[IPADAPTER].generate(request)
+        await generate(providers[IPADAPTER], request)
 
 
 async def test_an_identity_of_another_provider_is_refused(comfy: ComfyServer) -> None:
     providers = comfy.providers()
     request = await shot(providers[IPADAPTER])
     with pytest.raises(PermanentProviderError, match="is not the comfyui-instantid identity"):
-        await providers[INSTANTID].generate(replace(request))
+        await generate(providers[INSTANTID], replace(request))
     with pytest.raises(PermanentProviderError):
         await providers[INSTANTID].identity_status(request.identity_ref)
+
+
+async def test_a_restarted_adapter_follows_the_prompt_it_submitted_instead_of_posting_it_again(
+    comfy: ComfyServer,
+) -> None:
+    comfy.fake.step_s = 0.1  # four steps: 0.4 s
+    first = comfy.providers()[IPADAPTER]
+    request = await shot(first)
+    job_id = await first.start_shot(request)
+    waiting = asyncio.create_task(first.finish_shot(job_id, request))
+    await asyncio.sleep(0.15)
+    waiting.cancel()  # the adapter stops mid-wait
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    restarted = comfy.providers()  # a new process: new client, nothing remembered but the job id
+    image = await restarted[IPADAPTER].finish_shot(job_id, request)
+    assert image.data
+    assert (comfy.fake.prompt_posts, comfy.fake.accepted) == (1, 1)

@@ -34,6 +34,7 @@ from services.provider_adapter.providers.http import RetryPolicy, http_timeout, 
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from tests.fakes import RecordingSleep, reference_image
 from tests.integration.conftest import FalServer
+from tests.provider_shots import generate
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +178,7 @@ async def test_a_shot_uses_the_lora_and_trigger_word_and_is_a_simulated_real_ima
     request = IdentityRequest(uuid.uuid4(), "studio", "lora", [ref])
     status, _ = await settle(provider, await provider.create_identity(request))
     assert status.identity_ref is not None
-    image = await provider.generate(shot(status.identity_ref, ref, aspect_ratio="3:4", steps=20, guidance=4.5))
+    image = await generate(provider, shot(status.identity_ref, ref, aspect_ratio="3:4", steps=20, guidance=4.5))
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (768, 1024)  # portrait_4_3
         assert decoded.info["Description"] == SIMULATED_NOTICE
@@ -194,6 +195,6 @@ async def test_a_shot_with_a_lora_the_fake_never_issued_is_refused_permanently(f
     ref = reference_image(sample_reference_png())
     forged = f"fal-flux-lora:lkns0badf00d:{fal.url}/files/nope/{FILE_PREFIX}nope-lora.safetensors"
     with pytest.raises(PermanentProviderError, match=r"422.*loras"):
-        await adapter(fal).generate(shot(forged, ref))
+        await generate(adapter(fal), shot(forged, ref))
     with pytest.raises(PermanentProviderError, match="not a fal-flux-lora identity"):
-        await adapter(fal).generate(shot("fal-instant-character:" + "0" * 64, ref))
+        await generate(adapter(fal), shot("fal-instant-character:" + "0" * 64, ref))

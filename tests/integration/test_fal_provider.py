@@ -27,6 +27,7 @@ from services.provider_adapter.ports import (
     IdentityRequest,
     PermanentProviderError,
     ProviderError,
+    ProviderJobFailed,
     ReferenceImage,
     ShotRequest,
     TransientProviderError,
@@ -37,6 +38,7 @@ from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from services.provider_adapter.settings import ProviderAdapterSettings
 from tests.fakes import RecordingSleep, reference_image
 from tests.integration.conftest import FalServer
+from tests.provider_shots import generate
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +109,7 @@ async def test_a_shot_comes_back_as_a_real_image_with_cost_latency_progress_and_
     adapter = provider(fal)
     progress = RecordingProgress()
     started = time.monotonic()
-    image = await adapter.generate(await shot(adapter, negative_prompt="blurry", steps=20, guidance=4.5), progress)
+    image = await generate(adapter, await shot(adapter, negative_prompt="blurry", steps=20, guidance=4.5), progress)
     elapsed_ms = (time.monotonic() - started) * 1000
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (1024, 1024)  # square_hd
@@ -143,7 +145,7 @@ async def test_a_shot_comes_back_as_a_real_image_with_cost_latency_progress_and_
 )
 async def test_aspect_ratios_map_to_fals_image_sizes(fal: FalServer, aspect_ratio: str, size: tuple[int, int]) -> None:
     adapter = provider(fal)
-    image = await adapter.generate(await shot(adapter, aspect_ratio=aspect_ratio, prompt="wide shot of her"))
+    image = await generate(adapter, await shot(adapter, aspect_ratio=aspect_ratio, prompt="wide shot of her"))
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == size
     assert image.cost_usd == pytest.approx(0.10 * size[0] * size[1] / 1e6, abs=1e-6)
@@ -157,7 +159,7 @@ async def test_a_429_is_waited_out_for_at_least_its_retry_after_then_the_shot_su
     fal.fake.inject("submit", Fault.rate_limited(header))
     sleep = RecordingSleep(pace_s=0.01)
     adapter = provider(fal, sleep=sleep, wall_clock=T0)
-    image = await adapter.generate(await shot(adapter))
+    image = await generate(adapter, await shot(adapter))
     assert image.data
     assert fal.fake.submits == 2
     assert sleep.calls[0] >= (3.0 if retry_after == "http-date" else 2.0)
@@ -166,7 +168,7 @@ async def test_a_429_is_waited_out_for_at_least_its_retry_after_then_the_shot_su
 async def test_a_503_on_submit_and_on_a_status_poll_are_retried_and_the_shot_succeeds(fal: FalServer) -> None:
     fal.fake.inject("submit", Fault.unavailable())
     fal.fake.inject("status", Fault.unavailable())
-    image = await provider(fal).generate(await shot(provider(fal)))
+    image = await generate(provider(fal), await shot(provider(fal)))
     assert image.data
     assert fal.fake.submits == 2
     assert fal.fake.accepted == 1
@@ -175,7 +177,7 @@ async def test_a_503_on_submit_and_on_a_status_poll_are_retried_and_the_shot_suc
 async def test_a_submit_that_times_out_is_retried(fal: FalServer) -> None:
     fal.fake.inject("submit", Fault.slow(1.0))
     adapter = provider(fal, read_s=0.3)
-    image = await adapter.generate(await shot(adapter))
+    image = await generate(adapter, await shot(adapter))
     assert image.data
     assert fal.fake.submits == 2
 
@@ -186,7 +188,7 @@ async def test_a_validation_error_fails_for_good_after_one_submit_with_fals_mess
     request = await shot(adapter)
     broken = ShotParams.model_construct(**{**request.params.model_dump(), "prompt": ""})  # slipped past our checks
     with pytest.raises(PermanentProviderError) as raised:
-        await adapter.generate(replace(request, params=broken))
+        await generate(adapter, replace(request, params=broken))
     assert "HTTP 422: prompt: String should have at least 1 character" in str(raised.value)
     assert fal.fake.submits == 1
     assert sleep.calls == []
@@ -195,7 +197,7 @@ async def test_a_validation_error_fails_for_good_after_one_submit_with_fals_mess
 async def test_an_unreadable_reference_fails_for_good_with_fals_image_load_error(fal: FalServer) -> None:
     adapter = provider(fal)
     with pytest.raises(PermanentProviderError, match="image_url: Image load error"):
-        await adapter.generate(await shot(adapter, reference(b"\x89PNG\r\n\x1a\n not really a png")))
+        await generate(adapter, await shot(adapter, reference(b"\x89PNG\r\n\x1a\n not really a png")))
     assert fal.fake.submits == 1
 
 
@@ -206,9 +208,9 @@ async def test_completed_with_an_error_is_a_failure_the_job_retries(fal: FalServ
         TransientProviderError,
         match=r"completed \(runner_disconnected\): Runner disconnected \(fake\) \(its result: .*HTTP 500",
     ):
-        await adapter.generate(await shot(adapter))
+        await generate(adapter, await shot(adapter))
     assert fal.fake.cancels == 0  # fal had finished with it
-    assert (await adapter.generate(await shot(adapter))).data  # the job-level retry: a new request succeeds
+    assert (await generate(adapter, await shot(adapter))).data  # the job-level retry: a new request succeeds
     assert fal.fake.submits == 2
 
 
@@ -216,7 +218,7 @@ async def test_without_a_key_fal_is_not_available_and_not_offered(fal: FalServer
     unconfigured = FalInstantCharacter(FalSettings(key=SecretStr("  "), queue_url=fal.url), None)
     assert not unconfigured.available()
     with pytest.raises(PermanentProviderError, match="set FAL_KEY"):
-        await unconfigured.generate(await shot(unconfigured))
+        await generate(unconfigured, await shot(unconfigured))
     assert set(build_providers(ProviderAdapterSettings(fal_key=None))) == {"sim"}
     configured = ProviderAdapterSettings(fal_key=SecretStr(fal.key), fal_queue_url=fal.url)
     assert set(build_providers(configured)) == {"sim", "fal-instant-character", "fal-flux-lora", "fal-flux-redux"}
@@ -228,11 +230,11 @@ async def test_the_key_appears_in_no_exception_log_or_repr(fal: FalServer, caplo
     wrong_key = f"fal-test-wrong:{secrets.token_hex(16)}"
     rejected = provider(fal, key=wrong_key)
     with pytest.raises(PermanentProviderError, match="rejected the API key") as refused:
-        await rejected.generate(await shot(rejected))
+        await generate(rejected, await shot(rejected))
     fal.fake.inject("submit", *[Fault.unavailable()] * 4)
     accepted = provider(fal)
     with pytest.raises(TransientProviderError, match="gave up after 4 tries") as gave_up:
-        await accepted.generate(await shot(accepted))
+        await generate(accepted, await shot(accepted))
     assert "retry 3 of 3" in caplog.text
     settings = ProviderAdapterSettings(fal_key=SecretStr(fal.key), fal_queue_url=fal.url)
     for key in (wrong_key, fal.key):
@@ -246,13 +248,15 @@ async def test_the_key_appears_in_no_exception_log_or_repr(fal: FalServer, caplo
 async def test_no_more_requests_are_in_flight_than_the_concurrency_limit(fal: FalServer, limit: int, most: int) -> None:
     adapter = provider(fal, concurrency=limit)
     requests = [await shot(adapter, seed=seed) for seed in range(5)]
-    images = await asyncio.gather(*(adapter.generate(request) for request in requests))
+    images = await asyncio.gather(*(generate(adapter, request) for request in requests))
     assert len({image.data for image in images}) == 5
     assert fal.fake.max_in_flight == most  # limit 5 shows the fake would see more if the adapter allowed it
 
 
-async def test_cancelling_the_wait_cancels_the_request_at_fal(fal: FalServer) -> None:
-    fal.fake.queue_position = 1000  # never reaches the front
+async def test_cancelling_the_wait_leaves_the_request_at_fal_and_a_restarted_adapter_resumes_it(
+    fal: FalServer,
+) -> None:
+    fal.fake.queue_position = 20  # twenty polls to the front
     adapter = provider(fal)
     queued = asyncio.Event()
 
@@ -260,19 +264,43 @@ async def test_cancelling_the_wait_cancels_the_request_at_fal(fal: FalServer) ->
         if fal.fake.status_polls >= 2:
             queued.set()
 
-    task = asyncio.create_task(adapter.generate(await shot(adapter), on_progress))
+    request = await shot(adapter)
+    job_id = await adapter.start_shot(request)
+    task = asyncio.create_task(adapter.finish_shot(job_id, request, on_progress))
     await asyncio.wait_for(queued.wait(), timeout=10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert fal.fake.cancels == 1
-    assert fal.fake.in_flight == 0
+    assert (fal.fake.cancels, fal.fake.in_flight) == (0, 1)  # a shutdown must not throw away a paid request
+    restarted = provider(fal)  # a new process: nothing of the first in memory, only the saved job id
+    image = await restarted.finish_shot(job_id, request)
+    assert image.data.startswith(b"\x89PNG")
+    assert (fal.fake.submits, fal.fake.accepted, fal.fake.in_flight) == (1, 1, 0)
+
+
+async def test_a_request_that_outlives_the_time_out_is_cancelled_and_a_new_attempt_may_submit(fal: FalServer) -> None:
+    fal.fake.queue_position = 1000  # never reaches the front
+    settings = FalSettings(key=SecretStr(fal.key), queue_url=fal.url, poll_s=0.02, timeout_s=0.2)
+    client = new_client(http_timeout(connect_s=2.0, read_s=10.0))
+    fal.clients.append(client)
+    adapter = fal_provider(settings, client, concurrency=2, sleep=RecordingSleep(pace_s=0.05))
+    request = await shot(adapter)
+    with pytest.raises(ProviderJobFailed, match="not done after 0 s; cancelled it"):
+        await generate(adapter, request)
+    assert (fal.fake.cancels, fal.fake.in_flight) == (1, 0)
+
+
+async def test_a_request_fal_no_longer_knows_is_a_failed_job_when_resumed(fal: FalServer) -> None:
+    adapter = provider(fal)
+    request = await shot(adapter)
+    with pytest.raises(ProviderJobFailed, match="no longer knows request"):
+        await adapter.finish_shot(f"{adapter.name}:fal-ai/instant-character:{uuid.uuid4()}", request)
 
 
 async def test_an_unreachable_queue_is_a_transient_failure() -> None:
     server = FalServer(FalFake(api_key="unused:key"), f"http://127.0.0.1:{free_port()}", "unused:key")
     adapter = provider(server)
     with pytest.raises(ProviderError, match=r"connection failed \(ConnectError\)") as raised:
-        await adapter.generate(await shot(adapter))
+        await generate(adapter, await shot(adapter))
     assert raised.value.retryable
     await server.close()

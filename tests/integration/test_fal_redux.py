@@ -22,6 +22,7 @@ from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from services.provider_adapter.settings import ProviderAdapterSettings
 from tests.fakes import RecordingSleep, reference_image
 from tests.integration.conftest import FalServer
+from tests.provider_shots import generate
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ async def test_a_redux_shot_is_a_variation_of_the_reference_sent_without_a_promp
     adapter = redux(fal)
     shot = await request(adapter, aspect_ratio="3:4", steps=20, guidance=3.0)
 
-    image = await adapter.generate(shot)
+    image = await generate(adapter, shot)
 
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (768, 1024)
@@ -75,10 +76,10 @@ async def test_a_redux_identity_is_its_own_and_not_instant_characters(fal: FalSe
 async def test_rate_limits_and_outages_are_retried_and_bad_images_fail_for_good(fal: FalServer) -> None:
     adapter = redux(fal)
     fal.fake.inject("submit", Fault.rate_limited("1"), Fault.unavailable())
-    assert (await adapter.generate(await request(adapter))).data
+    assert (await generate(adapter, await request(adapter))).data
     assert fal.fake.submits == 3
     with pytest.raises(PermanentProviderError, match="image_url: Image load error"):
-        await adapter.generate(await request(adapter, b"\x89PNG\r\n\x1a\n not really a png"))
+        await generate(adapter, await request(adapter, b"\x89PNG\r\n\x1a\n not really a png"))
     assert fal.fake.submits == 4
 
 
@@ -103,7 +104,7 @@ async def test_the_fal_adapters_built_for_one_account_share_its_concurrency_limi
     requests = [await request(adapter, seed=seed) for seed in range(3) for adapter in (instant, redux_adapter)]
     adapters = [instant, redux_adapter] * 3
 
-    images = await asyncio.gather(*(adapter.generate(shot) for adapter, shot in zip(adapters, requests, strict=True)))
+    images = await asyncio.gather(*(generate(adapter, shot) for adapter, shot in zip(adapters, requests, strict=True)))
 
     assert len(images) == 6
     assert fal.fake.max_in_flight == 1  # one account, one request at a time, whichever adapter sent it

@@ -34,6 +34,7 @@ from services.provider_adapter.providers.fal_queue import data_uri
 from services.provider_adapter.providers.http import RetryPolicy, http_timeout, new_client
 from tests.fakes import RecordingSleep, reference_image
 from tests.integration.conftest import FalServer
+from tests.provider_shots import generate
 
 pytestmark = pytest.mark.integration
 
@@ -260,7 +261,7 @@ async def test_the_adapter_asks_for_the_webhook_when_set_and_still_finishes_by_p
     ref = reference_image(sample_reference_png(), key="studio/images/ref")
     identity = await adapter.create_identity(IdentityRequest(uuid.uuid4(), "studio", "instant_reference", [ref]))
     params = ShotParams.model_validate({"prompt": "close-up portrait of the astronaut", "seed": 7})
-    image = await adapter.generate(ShotRequest(uuid.uuid4(), uuid.uuid4(), identity, params, [ref]), None)
+    image = await generate(adapter, ShotRequest(uuid.uuid4(), uuid.uuid4(), identity, params, [ref]), None)
     assert image.simulation is not None
     assert fal_server.fake.webhook_urls == [receiver.url]  # the query survived URL-encoding intact
     checked = await verified(keys, (await receiver.wait_for(1))[0])
@@ -269,7 +270,7 @@ async def test_the_adapter_asks_for_the_webhook_when_set_and_still_finishes_by_p
     assert checked.payload["images"][0]["url"] in {output["images"][0]["url"] for output in fal_server.fake.outputs}
 
     quiet = instant_character(fal_server, None)
-    await quiet.generate(ShotRequest(uuid.uuid4(), uuid.uuid4(), identity, params, [ref]), None)
+    await generate(quiet, ShotRequest(uuid.uuid4(), uuid.uuid4(), identity, params, [ref]), None)
     assert fal_server.fake.webhook_urls == [receiver.url]  # no webhook_url: no fal_webhook
 
 

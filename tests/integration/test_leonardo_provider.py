@@ -42,6 +42,7 @@ from services.provider_adapter.providers.leonardo import (
 )
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from tests.fakes import RecordingSleep, reference_image
+from tests.provider_shots import generate
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +136,7 @@ async def test_an_identity_uploads_once_and_shots_come_back_as_real_images_with_
     assert (leonardo.fake.presigns, leonardo.fake.uploads) == (1, 1)
     progress = RecordingProgress()
     started = time.monotonic()
-    image = await adapter.generate(shot_request(identity_ref, aspect_ratio="3:4", negative_prompt="blurry"), progress)
+    image = await generate(adapter, shot_request(identity_ref, aspect_ratio="3:4", negative_prompt="blurry"), progress)
     elapsed_ms = (time.monotonic() - started) * 1000
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (768, 1024)
@@ -158,7 +159,7 @@ async def test_an_identity_uploads_once_and_shots_come_back_as_real_images_with_
         7,
         1,
     )
-    second = await adapter.generate(shot_request(identity_ref, prompt="wide shot of her on a beach"))
+    second = await generate(adapter, shot_request(identity_ref, prompt="wide shot of her on a beach"))
     assert second.data != image.data
     assert leonardo.fake.uploads == 1  # shots reuse the uploaded reference
     assert leonardo.fake.upload_authorizations == []  # the key never went to the upload URL
@@ -169,7 +170,7 @@ async def test_a_restart_after_the_upload_makes_shots_without_uploading_again(le
     restarted = provider(leonardo)  # a new process: only the saved identity survives
     status = await restarted.identity_status(saved)
     assert (status.state, status.identity_ref) == ("ready", saved)
-    image = await restarted.generate(shot_request(saved))
+    image = await generate(restarted, shot_request(saved))
     assert image.data
     assert (leonardo.fake.presigns, leonardo.fake.uploads) == (1, 1)
 
@@ -179,7 +180,7 @@ async def test_a_429_is_waited_out_for_its_retry_after_then_the_shot_succeeds(le
     adapter = provider(leonardo, sleep=sleep)
     identity_ref = await identity(adapter)
     leonardo.fake.inject("generate", Fault.rate_limited("2"))
-    assert (await adapter.generate(shot_request(identity_ref))).data
+    assert (await generate(adapter, shot_request(identity_ref))).data
     assert (leonardo.fake.submits, leonardo.fake.accepted) == (2, 1)
     assert sleep.calls[0] >= 2.0
 
@@ -190,7 +191,7 @@ async def test_a_503_anywhere_is_retried_and_the_identity_and_shot_succeed(
 ) -> None:
     leonardo.fake.inject(endpoint, Fault.unavailable())
     adapter = provider(leonardo)
-    image = await adapter.generate(shot_request(await identity(adapter)))
+    image = await generate(adapter, shot_request(await identity(adapter)))
     assert image.data
     assert (leonardo.fake.uploads, leonardo.fake.accepted) == (1, 1)
     assert leonardo.fake.upload_attempts == (2 if endpoint == "upload" else 1)
@@ -200,7 +201,7 @@ async def test_a_status_poll_that_times_out_is_retried(leonardo: LeonardoServer)
     adapter = provider(leonardo, read_s=0.3)
     identity_ref = await identity(adapter)
     leonardo.fake.inject("status", Fault.slow(1.0))
-    assert (await adapter.generate(shot_request(identity_ref))).data
+    assert (await generate(adapter, shot_request(identity_ref))).data
     assert leonardo.fake.accepted == 1
 
 
@@ -212,7 +213,7 @@ async def test_a_validation_error_fails_for_good_after_one_submit_with_leonardos
     request = shot_request(await identity(adapter))
     broken = ShotParams.model_construct(**{**request.params.model_dump(), "prompt": ""})  # slipped past our checks
     with pytest.raises(PermanentProviderError) as raised:
-        await adapter.generate(replace(request, params=broken))
+        await generate(adapter, replace(request, params=broken))
     assert "refused generation (HTTP 400: prompt: String should have at least 1 character)" in str(raised.value)
     assert leonardo.fake.submits == 1
     assert sleep.calls == []
@@ -223,9 +224,9 @@ async def test_an_identity_of_an_init_image_leonardo_does_not_have_is_refused_fo
 ) -> None:
     adapter = provider(leonardo)
     with pytest.raises(PermanentProviderError, match="initImageId: no uploaded init image"):
-        await adapter.generate(shot_request(identity_for(str(uuid.uuid4()))))
+        await generate(adapter, shot_request(identity_for(str(uuid.uuid4()))))
     with pytest.raises(PermanentProviderError, match="is not a leonardo-character-reference identity"):
-        await adapter.generate(shot_request("fal-instant-character:" + "0" * 64))
+        await generate(adapter, shot_request("fal-instant-character:" + "0" * 64))
 
 
 async def test_a_failed_generation_is_a_transient_failure_the_job_retries(leonardo: LeonardoServer) -> None:
@@ -233,8 +234,8 @@ async def test_a_failed_generation_is_a_transient_failure_the_job_retries(leonar
     identity_ref = await identity(adapter)
     leonardo.fake.fail_next()
     with pytest.raises(TransientProviderError, match="FAILED"):
-        await adapter.generate(shot_request(identity_ref))
-    assert (await adapter.generate(shot_request(identity_ref))).data
+        await generate(adapter, shot_request(identity_ref))
+    assert (await generate(adapter, shot_request(identity_ref))).data
 
 
 async def test_an_upload_that_is_not_an_image_is_refused_for_good(leonardo: LeonardoServer) -> None:
@@ -264,7 +265,7 @@ async def test_the_key_appears_in_no_error_log_or_repr_and_never_reaches_the_upl
     identity_ref = await identity(accepted)
     leonardo.fake.inject("generate", *[Fault.unavailable()] * 4)
     with pytest.raises(TransientProviderError, match="gave up after 4 tries") as gave_up:
-        await accepted.generate(shot_request(identity_ref))
+        await generate(accepted, shot_request(identity_ref))
     assert "retry 3 of 3" in caplog.text
     settings = LeonardoSettings(api_key=SecretStr(leonardo.key), base_url=leonardo.base_url)
     for key in (wrong_key, leonardo.key):
@@ -295,7 +296,7 @@ async def test_a_webhook_callback_is_accepted_with_the_right_key_and_refused_oth
     leonardo: LeonardoServer,
 ) -> None:
     adapter = provider(leonardo)
-    await adapter.generate(shot_request(await identity(adapter)))
+    await generate(adapter, shot_request(await identity(adapter)))
     generation_id = next(iter(leonardo.fake._generations))
     callback_key = secrets.token_urlsafe(24)
     receiver = webhook_receiver(SecretStr(callback_key))

@@ -44,6 +44,7 @@ from services.provider_adapter.providers.replicate import (
 )
 from services.provider_adapter.providers.sim_images import SIMULATED_NOTICE
 from tests.fakes import RecordingSleep, reference_image
+from tests.provider_shots import generate
 
 pytestmark = pytest.mark.integration
 
@@ -183,7 +184,7 @@ async def test_training_then_shots_end_to_end(replicate: ReplicateServer) -> Non
     async def on_progress(percent: float, message: str) -> None:
         progress.append(percent)
 
-    image = await provider.generate(shot(status.identity_ref, aspect_ratio="3:4", steps=80, guidance=4.5), on_progress)
+    image = await generate(provider, shot(status.identity_ref, aspect_ratio="3:4", steps=80, guidance=4.5), on_progress)
     with Image.open(io.BytesIO(image.data)) as decoded:
         assert decoded.size == (896, 1152)
         assert decoded.info["Description"] == SIMULATED_NOTICE
@@ -203,7 +204,7 @@ async def test_training_then_shots_end_to_end(replicate: ReplicateServer) -> Non
 async def test_a_429_then_success(replicate: ReplicateServer) -> None:
     provider, identity_ref = await trained(replicate)
     replicate.fake.inject("predict", Fault.rate_limited("0"))
-    image = await provider.generate(shot(identity_ref))
+    image = await generate(provider, shot(identity_ref))
     assert image.data.startswith(b"\x89PNG")
     assert (replicate.fake.prediction_submits, replicate.fake.predictions_accepted) == (2, 1)
 
@@ -214,14 +215,14 @@ async def test_a_5xx_then_success(replicate: ReplicateServer) -> None:
     provider, identity_ref = await trained(replicate)
     replicate.fake.inject("prediction", Fault.unavailable(500))
     replicate.fake.inject("file", Fault.unavailable(503))
-    assert (await provider.generate(shot(identity_ref))).data.startswith(b"\x89PNG")
+    assert (await generate(provider, shot(identity_ref))).data.startswith(b"\x89PNG")
     assert (replicate.fake.training_submits, replicate.fake.training_accepted) == (2, 1)
 
 
 async def test_a_slow_answer_still_succeeds(replicate: ReplicateServer) -> None:
     provider, identity_ref = await trained(replicate)
     replicate.fake.inject("prediction", Fault.slow(0.3))
-    assert (await provider.generate(shot(identity_ref))).data.startswith(b"\x89PNG")
+    assert (await generate(provider, shot(identity_ref))).data.startswith(b"\x89PNG")
 
 
 async def test_a_validation_error_is_permanent_not_retried_and_says_what_was_wrong(replicate: ReplicateServer) -> None:
@@ -237,9 +238,9 @@ async def test_a_validation_error_is_permanent_not_retried_and_says_what_was_wro
 async def test_a_version_replicate_never_trained_is_refused_permanently(replicate: ReplicateServer) -> None:
     forged = f"replicate-flux-lora:lkns0badf00d:likeness/characters:{'ab' * 32}"
     with pytest.raises(PermanentProviderError, match=r"422.*does not exist"):
-        await adapter(replicate).generate(shot(forged))
+        await generate(adapter(replicate), shot(forged))
     with pytest.raises(PermanentProviderError, match="not a replicate-flux-lora identity"):
-        await adapter(replicate).generate(shot("fal-flux-lora:lkns0badf00d:https://x/y"))
+        await generate(adapter(replicate), shot("fal-flux-lora:lkns0badf00d:https://x/y"))
     assert replicate.fake.prediction_submits == 1
 
 
@@ -272,14 +273,14 @@ async def test_a_failed_prediction_is_transient_with_replicates_error(replicate:
     provider, identity_ref = await trained(replicate)
     replicate.fake.fail_next(1, "CUDA out of memory (fake)")
     with pytest.raises(TransientProviderError, match="failed: CUDA out of memory"):
-        await provider.generate(shot(identity_ref))
+        await generate(provider, shot(identity_ref))
 
 
 async def test_a_prediction_past_its_time_out_is_cancelled(replicate: ReplicateServer) -> None:
     _, identity_ref = await trained(replicate)
     replicate.fake.hold_predictions = True
     with pytest.raises(TransientProviderError, match="not done after 0 s; cancelled it"):
-        await adapter(replicate, timeout_s=0.1).generate(shot(identity_ref))
+        await generate(adapter(replicate, timeout_s=0.1), shot(identity_ref))
     [prediction_id] = replicate.fake.job_ids("prediction")
     assert replicate.fake.cancels == 1
     assert replicate.fake.status_of(prediction_id) == "canceled"

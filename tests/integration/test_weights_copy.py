@@ -84,7 +84,12 @@ class StubTrainer:
     async def identity_status(self, job_id: str) -> IdentityStatus:
         return IdentityStatus(state="ready", percent=100.0, identity_ref=f"{self.name}:lora", weights=self.weights)
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
+    async def start_shot(self, request: ShotRequest) -> str:
+        raise NotImplementedError
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
         raise NotImplementedError
 
 

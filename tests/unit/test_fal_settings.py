@@ -15,6 +15,7 @@ from services.provider_adapter import handlers
 from services.provider_adapter.app import build_providers
 from services.provider_adapter.providers.fal import IMAGE_SIZES, NAMED_SIZES
 from services.provider_adapter.settings import FAL_PRICES, ProviderAdapterSettings
+from tests.provider_shots import InMemoryShotJobs
 from tests.unit.test_sim_provider import ASTRONAUT, FakeClock, RecordingProgress, make_provider, ready_identity
 
 KEY = "fal-key-id:fal-key-secret-5e1d"
@@ -117,7 +118,13 @@ async def test_generating_passes_progress_reports_to_the_caller() -> None:
     )
     progress = RecordingProgress()
     outcome = await handlers.generate(
-        command, provider=provider, references=[reference], attempt=1, max_attempts=3, on_progress=progress
+        command,
+        provider=provider,
+        references=[reference],
+        attempt=1,
+        max_attempts=3,
+        jobs=InMemoryShotJobs(),
+        on_progress=progress,
     )
     assert not isinstance(outcome, ShotFailed)
     assert progress.calls[-1] == (100.0, "done")

@@ -28,6 +28,7 @@ from contracts.values import AspectRatio
 from services.provider_adapter.ports import ReferenceImage, ShotRequest
 from services.provider_adapter.providers import SimProvider, SimSettings, sim_images
 from tests.fakes import reference_image
+from tests.provider_shots import generate
 
 SAME_PERSON_BELOW = 0.6  # dlib's published threshold
 UNDRIFTED_MAX = 0.5  # what this test demands: a 0.1 margin under the threshold
@@ -102,7 +103,7 @@ async def demo_shot(seed: int, aspect_ratio: AspectRatio, *, drifted: bool) -> I
         params=ShotParams(prompt=DEMO_PROMPTS[scenario], seed=seed, aspect_ratio=aspect_ratio, scenario=scenario),
         references=[astronaut_reference()],
     )
-    result = await provider.generate(request)
+    result = await generate(provider, request)
     assert result.simulation is not None
     assert result.simulation.drifted is drifted
     return Image.open(io.BytesIO(result.data))

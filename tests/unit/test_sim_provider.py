@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from dataclasses import replace
 from typing import get_args
 
 import numpy as np
@@ -17,6 +18,7 @@ from services.provider_adapter.ports import (
     IdentityRequest,
     PermanentProviderError,
     Provider,
+    ProviderJobFailed,
     ReferenceImage,
     ShotRequest,
     TransientProviderError,
@@ -24,6 +26,7 @@ from services.provider_adapter.ports import (
 from services.provider_adapter.providers import SIM_PRICES, SimProvider, SimSettings, sim_images
 from services.provider_adapter.providers.sim import drifts, fails
 from tests.fakes import reference_image
+from tests.provider_shots import generate
 
 T0 = 1_790_000_000.0
 
@@ -101,8 +104,8 @@ async def test_same_request_gives_identical_bytes_and_note() -> None:
     clock = FakeClock()
     identity = await ready_identity(make_provider(clock), clock)
     request = shot(identity, seed=11, scenario="low light")
-    first = await make_provider(clock).generate(request)
-    second = await make_provider(clock).generate(request)
+    first = await generate(make_provider(clock), request)
+    second = await generate(make_provider(clock), request)
     assert first.data == second.data
     assert first.simulation == second.simulation
     assert first.content_type == "image/png"
@@ -112,7 +115,7 @@ async def test_different_seeds_give_different_images() -> None:
     clock = FakeClock()
     provider = make_provider(clock)
     identity = await ready_identity(provider, clock)
-    images = {(await provider.generate(shot(identity, seed=seed))).data for seed in range(1, 6)}
+    images = {(await generate(provider, shot(identity, seed=seed))).data for seed in range(1, 6)}
     assert len(images) == 5
 
 
@@ -122,7 +125,7 @@ async def test_failure_rate_one_always_raises_a_retryable_error() -> None:
     identity = await ready_identity(provider, clock)
     for attempt in (1, 2, 3):
         with pytest.raises(TransientProviderError) as caught:
-            await provider.generate(shot(identity, attempt=attempt))
+            await generate(provider, shot(identity, attempt=attempt))
         assert caught.value.retryable
 
 
@@ -134,9 +137,9 @@ async def test_a_failed_attempt_can_succeed_on_retry_with_the_same_image() -> No
     outcomes = [fails(seed, attempt, 0.5) for attempt in range(1, 21)]
     failing, succeeding = outcomes.index(True) + 1, outcomes.index(False) + 1
     with pytest.raises(TransientProviderError):
-        await provider.generate(shot(identity, seed=seed, attempt=failing))
-    image = await provider.generate(shot(identity, seed=seed, attempt=succeeding))
-    clean = await make_provider(clock).generate(shot(identity, seed=seed, attempt=1))
+        await generate(provider, shot(identity, seed=seed, attempt=failing))
+    image = await generate(provider, shot(identity, seed=seed, attempt=succeeding))
+    clean = await generate(make_provider(clock), shot(identity, seed=seed, attempt=1))
     assert image.data == clean.data  # the attempt decides failure only, never the picture
 
 
@@ -194,7 +197,7 @@ async def test_unknown_job_and_identity_are_permanent_errors() -> None:
     with pytest.raises(PermanentProviderError):
         await provider.identity_status("fal-1234")
     with pytest.raises(PermanentProviderError):
-        await provider.generate(shot("sim:not-a-job"))
+        await generate(provider, shot("sim:not-a-job"))
 
 
 async def test_unreadable_reference_is_a_permanent_error() -> None:
@@ -208,7 +211,7 @@ async def test_unreadable_reference_is_a_permanent_error() -> None:
 async def test_png_says_it_is_simulated() -> None:
     clock = FakeClock()
     provider = make_provider(clock)
-    result = await provider.generate(shot(await ready_identity(provider, clock)))
+    result = await generate(provider, shot(await ready_identity(provider, clock)))
     with Image.open(io.BytesIO(result.data)) as image:
         assert image.format == "PNG"
         text = dict(image.text)  # type: ignore[attr-defined]
@@ -224,7 +227,7 @@ async def test_output_honours_the_aspect_ratio(aspect_ratio: AspectRatio) -> Non
     identity = await ready_identity(provider, clock)
     w_part, h_part = (int(part) for part in aspect_ratio.split(":"))
     for scenario in (*sim_images.SCENARIOS, None):
-        result = await provider.generate(shot(identity, aspect_ratio=aspect_ratio, scenario=scenario))
+        result = await generate(provider, shot(identity, aspect_ratio=aspect_ratio, scenario=scenario))
         with Image.open(io.BytesIO(result.data)) as image:
             width, height = image.size
         assert max(width, height) == 512
@@ -237,7 +240,7 @@ async def test_cost_and_latency_follow_settings_and_progress_is_reported() -> No
     provider = SimProvider(SimSettings(latency_ms=300, latency_jitter_ms=100), clock=clock, sleep=sleep)
     identity = await ready_identity(provider, clock, strategy="fine_tune")
     progress = RecordingProgress()
-    result = await provider.generate(shot(identity), progress)
+    result = await generate(provider, shot(identity), progress)
     assert 0.2 <= sum(sleep.calls) <= 0.4
     assert result.cost_usd == pytest.approx(0.05)
     assert result.latency_ms > 0
@@ -251,8 +254,8 @@ async def test_drift_swaps_the_person_and_says_so() -> None:
     clock = FakeClock()
     identity = await ready_identity(make_provider(clock), clock)
     request = shot(identity, seed=4, scenario="wide shot")
-    clean = await make_provider(clock, SimSettings(drift_rate=0.0)).generate(request)
-    drifted = await make_provider(clock, SimSettings(drift_rate=1.0)).generate(request)
+    clean = await generate(make_provider(clock, SimSettings(drift_rate=0.0)), request)
+    drifted = await generate(make_provider(clock, SimSettings(drift_rate=1.0)), request)
     assert clean.simulation is not None
     assert drifted.simulation is not None
     assert (clean.simulation.drifted, drifted.simulation.drifted) == (False, True)
@@ -266,7 +269,7 @@ async def test_drift_ignores_the_attempt() -> None:
     identity = await ready_identity(provider, clock)
     seen: set[bool] = set()
     for seed in range(1, 5):
-        notes = {(await provider.generate(shot(identity, seed=seed, attempt=a))).simulation for a in (1, 4)}
+        notes = {(await generate(provider, shot(identity, seed=seed, attempt=a))).simulation for a in (1, 4)}
         assert len(notes) == 1
         (note,) = notes
         assert note is not None
@@ -327,3 +330,60 @@ def test_settings_reject_nonsense() -> None:
         SimSettings(latency_ms=-1.0)
     with pytest.raises(ValueError, match="fine_tune"):
         SimSettings(prices={"lora": SIM_PRICES["lora"]})
+
+
+async def test_a_shot_job_resumed_by_a_restarted_simulator_ends_as_it_would_have() -> None:
+    clock = FakeClock()
+    identity = await ready_identity(make_provider(clock), clock)
+    request = shot(identity, seed=5, scenario="wide shot")
+    before = make_provider(clock)
+    job_id = await before.start_shot(request)
+    assert list(before.submitted) == [job_id]
+    uninterrupted = await before.finish_shot(job_id, request)
+    clock.now += 5.0  # the adapter was down a while: the job finished meanwhile
+    restarted = SimProvider(clock=clock, sleep=RecordingSleep())
+    resumed = await restarted.finish_shot(job_id, request)
+    assert not restarted.submitted  # resuming submits nothing
+    assert (resumed.data, resumed.simulation) == (uninterrupted.data, uninterrupted.simulation)
+    assert resumed.latency_ms >= 5000.0  # from the submission, not from the resume
+
+
+async def test_a_resumed_shot_job_waits_only_for_what_is_left_of_it() -> None:
+    clock = FakeClock()
+    identity = await ready_identity(make_provider(clock), clock)
+    sleep = RecordingSleep()
+    provider = SimProvider(SimSettings(latency_ms=1000, latency_jitter_ms=0), clock=clock, sleep=sleep)
+    request = shot(identity)
+    job_id = await provider.start_shot(request)
+    clock.now += 0.75
+    await SimProvider(SimSettings(latency_ms=1000, latency_jitter_ms=0), clock=clock, sleep=sleep).finish_shot(
+        job_id, request
+    )
+    assert sum(sleep.calls) == pytest.approx(0.25)
+
+
+async def test_a_failed_shot_job_fails_again_when_resumed_and_a_new_submission_draws_again() -> None:
+    clock = FakeClock()
+    provider = make_provider(clock, SimSettings(failure_rate=0.5))
+    identity = await ready_identity(provider, clock)
+    seed = 3
+    outcomes = [fails(seed, attempt, 0.5) for attempt in range(1, 21)]
+    failing, succeeding = outcomes.index(True) + 1, outcomes.index(False) + 1
+    first = shot(identity, seed=seed, attempt=failing)
+    job_id = await provider.start_shot(first)
+    for _ in range(2):
+        with pytest.raises(ProviderJobFailed):
+            await provider.finish_shot(job_id, first)
+    retry = replace(first, attempt=succeeding)
+    assert (await provider.finish_shot(await provider.start_shot(retry), retry)).data
+
+
+async def test_a_shot_job_id_of_another_shot_is_refused() -> None:
+    clock = FakeClock()
+    provider = make_provider(clock)
+    identity = await ready_identity(provider, clock)
+    job_id = await provider.start_shot(shot(identity))
+    with pytest.raises(PermanentProviderError, match="is not a job of shot"):
+        await provider.finish_shot(job_id, shot(identity))
+    with pytest.raises(PermanentProviderError, match="not a simulator shot job"):
+        await provider.finish_shot("fal-instant-character:x:y", shot(identity))

@@ -17,8 +17,10 @@ the multipart post has its own loop here, on the same RetryPolicy, auth and reda
 The identity_ref is `astria-tune:<tune id>:<model type>:<base tune id>:<token>:<class>`. A Flux
 LoRA (or FaceID) shot posts to the *base* tune, `POST /tunes/<base>/prompts`, with
 `<lora:<tune id>:1> <token> <class>, <prompt>` (`<faceid:...>` for FaceID); a checkpoint posts to
-the tune itself. The prompt is polled at `GET /tunes/<tune>/prompts/:id` until `trained_at` is set
-and `images` is non-empty, and `images[0]` is downloaded (the key goes to Astria's origin only).
+the tune itself (`start_shot`; the job id the service saves is `astria-tune:prompt:<tune>:<prompt id>`).
+The prompt is polled at `GET /tunes/<tune>/prompts/:id` until `trained_at` is set and `images` is
+non-empty, and `images[0]` is downloaded (`finish_shot`, which a restarted adapter calls again with
+the saved job id instead of posting a second prompt; the key goes to Astria's origin only).
 
 Callbacks: when `callback_base_url` and `callback_secret` are set, tunes and prompts carry
 `<callback_base_url>?kind=tune|prompt&ref=<character or shot id>&token=<HMAC-SHA256(secret,
@@ -71,10 +73,12 @@ from services.provider_adapter.ports import (
     IdentityStatus,
     PermanentProviderError,
     ProgressCallback,
+    ProviderJobFailed,
     ShotRequest,
     TransientProviderError,
 )
 from services.provider_adapter.providers.fal_queue import report, sniff_content_type
+from services.provider_adapter.providers.held_jobs import HeldJobs
 from services.provider_adapter.providers.http import (
     FAKE_MARKER_HEADER,
     FAKE_TRANSFORM_HEADER,
@@ -122,6 +126,7 @@ _IDENTITY = re.compile(
     rf"^{PROVIDER_NAME}:(?P<tune>\d{{1,18}}):(?P<kind>lora|pti|faceid|checkpoint):(?P<base>\d{{1,18}}):"
     rf"(?P<token>{_WORD}):(?P<name>{_WORD})$"
 )
+_PROMPT_JOB = re.compile(rf"^{PROVIDER_NAME}:prompt:(?P<tune>\d{{1,18}}):(?P<prompt>\d{{1,18}})$")
 _TUNE_SEARCH_LIMIT: Final = 50
 
 
@@ -234,6 +239,7 @@ class AstriaTune:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._draw = draw
+        self._held: HeldJobs[tuple[Prompt, httpx.Response]] = HeldJobs(clock)
 
     @classmethod
     def on(
@@ -434,19 +440,44 @@ class AstriaTune:
             prompt["callback"] = callback_url(settings.callback_base_url, settings.callback_secret, "prompt", ref)
         return tune_id, {"prompt": prompt}
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
+    async def start_shot(self, request: ShotRequest) -> str:
+        """Post the prompt; its job id is `astria-tune:prompt:<tune id>:<prompt id>`."""
         http = self._client()
         tune_id, body = self.prompt_body(request)
-        prompts = f"{self._settings.base_url}/tunes/{tune_id}/prompts"
-        async with http.slots:
-            started = self._clock()
-            response = await http.call("POST", prompts, what="prompt", json=body)
+
+        async def post() -> tuple[str, tuple[Prompt, httpx.Response]]:
+            response = await http.call(
+                "POST", f"{self._settings.base_url}/tunes/{tune_id}/prompts", what="prompt", json=body
+            )
             prompt = parse(Prompt, response.content, "prompt")
+            return f"{PROVIDER_NAME}:prompt:{tune_id}:{prompt.id}", (prompt, response)
+
+        return await self._held.submit(http.slots, post)
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
+        """Poll the prompt until it has images, download `images[0]`; resumable from the job id alone.
+
+        Astria has no failure state for a prompt and no cancel call: a time-out leaves the prompt to
+        finish (it is billed), and the next delivery resumes it.
+        """
+        http = self._client()
+        found = _PROMPT_JOB.match(job_id)
+        if found is None:
+            raise PermanentProviderError(f"{job_id!r} is not an {PROVIDER_NAME} prompt.")
+        url = f"{self._settings.base_url}/tunes/{found['tune']}/prompts/{found['prompt']}"
+        async with self._held.waiting(http.slots, job_id) as held:
+            if held.detail is not None:
+                prompt, response = held.detail
+            else:
+                response = await http.call("GET", url, what="prompt status")
+                prompt = parse(Prompt, response.content, "prompt status")
             await report(on_progress, 10.0, "prompt accepted by Astria")
-            prompt, polled = await self._wait(f"{prompts}/{prompt.id}", prompt, response, on_progress)
+            prompt, polled = await self._wait(url, prompt, response, on_progress)
             await report(on_progress, 90.0, "done on Astria; fetching the image")
             download = await http.call("GET", prompt.images[0], what="image download", follow_redirects=True)
-            latency_ms = (self._clock() - started) * 1000.0
+            latency_ms = (self._clock() - held.started) * 1000.0
         await report(on_progress, 100.0, "done")
         data = download.content
         if len(data) > self._settings.max_image_bytes:
@@ -455,12 +486,12 @@ class AstriaTune:
             )
         content_type = sniff_content_type(data)
         if content_type is None:
-            raise TransientProviderError(f"Astria's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
+            raise ProviderJobFailed(f"Astria's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
         try:
             with Image.open(io.BytesIO(data)):  # reads the header only
                 pass
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise TransientProviderError(f"Astria's image does not decode ({error}).") from None
+            raise ProviderJobFailed(f"Astria's image does not decode ({error}).") from None
         return GeneratedImage(
             data=data,
             content_type=content_type,
@@ -481,7 +512,7 @@ class AstriaTune:
             if self._clock() > deadline:
                 raise TransientProviderError(
                     f"Astria prompt {prompt.id} not done after {self._settings.timeout_s:.0f} s "
-                    "(Astria may still finish it and bill it)."
+                    "(Astria may still finish it and bill it; the next delivery resumes it)."
                 )
             await self._sleep(delay)
             delay = min(delay * 1.5, self._settings.poll_max_s)

@@ -10,7 +10,9 @@ The identity is the uploaded reference itself: `create_identity` uploads each re
 input folder under a content-addressed name (`likeness-<sha256>.<ext>`), skipping those already there,
 and the identity is ready at once. A shot fills its workflow's API-format graph (prompt, negative
 prompt, seed, steps, cfg, an SDXL size for the aspect ratio, the uploaded reference's name), posts it
-to `/prompt` with a client id, follows it over `/ws?clientId=` (`progress` -> the progress callback,
+to `/prompt` with a client id (`start_shot`; the job id the service saves is
+`<provider>:<client id>:<prompt id>`, so a restarted adapter follows the same prompt again instead of
+posting it twice), follows it over `/ws?clientId=` (`progress` -> the progress callback,
 `executing` with `node: null` -> done) or, when no websocket connects or it drops, polls
 `/history/{prompt_id}` (checking `/queue` so a prompt a restarted ComfyUI lost does not wait forever),
 then downloads the SaveImage output from `/view`. A graph ComfyUI rejects (`node_errors`, a class that
@@ -46,6 +48,7 @@ from services.provider_adapter.ports import (
     PermanentProviderError,
     ProgressCallback,
     ProviderError,
+    ProviderJobFailed,
     ReferenceImage,
     ShotRequest,
     TransientProviderError,
@@ -62,6 +65,7 @@ from services.provider_adapter.providers.comfyui_workflows import (
 )
 from services.provider_adapter.providers.fal import identity_for
 from services.provider_adapter.providers.fal_queue import report, sniff_content_type
+from services.provider_adapter.providers.held_jobs import HeldJobs
 from services.provider_adapter.providers.http import (
     FAKE_MARKER_HEADER,
     FAKE_TRANSFORM_HEADER,
@@ -78,6 +82,7 @@ log = logging.getLogger(__name__)
 UPLOAD_PREFIX: Final = "likeness-"
 _EXTENSIONS: Final = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _DIGEST = re.compile(r"^(?P<provider>[a-z0-9-]+):(?P<digest>[0-9a-f]{64})$")
+_PROMPT_JOB = re.compile(r"^(?P<provider>[a-z0-9-]+):(?P<client_id>[0-9a-f]{32}):(?P<prompt_id>[A-Za-z0-9._-]{1,128})$")
 
 
 def upload_name(reference: ReferenceImage) -> str:
@@ -112,6 +117,13 @@ class _Finished:
         return None
 
 
+@dataclass(frozen=True)
+class _Submitted:
+    """What `start` opened for `finish` in this process: the prompt's websocket (None: polling)."""
+
+    socket: ClientConnection | None
+
+
 class ComfyUIClient:
     """Upload, submit, follow, fetch on one ComfyUI server; every HTTP call through its `ProviderHttp`."""
 
@@ -127,6 +139,7 @@ class ComfyUIClient:
         self.http = http
         self._clock = clock
         self._sleep = sleep
+        self._held: HeldJobs[_Submitted] = HeldJobs(clock)
 
     # --- HTTP --------------------------------------------------------------------------------------
 
@@ -185,31 +198,64 @@ class ComfyUIClient:
 
     # --- one prompt --------------------------------------------------------------------------------
 
-    async def run(
-        self, provider: str, graph: Mapping[str, Any], on_progress: ProgressCallback | None
-    ) -> GeneratedImage:
-        """Submit `graph`, wait for it (websocket, else /history), download its SaveImage output."""
-        started = self._clock()
-        client_id = uuid.uuid4().hex
-        socket = await self._connect(client_id)
-        try:
-            prompt_id = await self._submit(provider, graph, client_id)
-            await report(on_progress, 0.0, "queued on ComfyUI")
+    async def start(
+        self, provider: str, reference: ReferenceImage, graph_for: Callable[[str], Mapping[str, Any]]
+    ) -> str:
+        """Upload the reference if ComfyUI lacks it, open the websocket, submit the graph; keep the slot.
+
+        The job id is `<provider>:<client id>:<prompt id>`: a restarted adapter follows the prompt again
+        under the same client id.
+        """
+
+        async def submit() -> tuple[str, _Submitted]:
+            (image,) = await self.ensure_uploaded([reference])  # ComfyUI may have been wiped
+            client_id = uuid.uuid4().hex
+            socket = await self._connect(client_id)
             try:
-                finished = await self._follow(socket, prompt_id, on_progress) if socket is not None else None
-                if finished is None:
-                    finished = await self._poll(prompt_id, on_progress)
-            except BaseException:  # cancelled or gave up: ComfyUI need not run it
-                await self._delete(prompt_id)
+                prompt_id = await self._submit(provider, graph_for(image), client_id)
+            except BaseException:
+                if socket is not None:
+                    await socket.close()
                 raise
-        finally:
-            if socket is not None:
-                await socket.close()
-        _raise_if_failed(provider, prompt_id, finished)
-        await report(on_progress, 90.0, "completed on ComfyUI; fetching the image")
-        image = _output_image(prompt_id, finished)
-        download = await self.call("GET", "/view", what="image download", params=image)
-        latency_ms = (self._clock() - started) * 1000.0
+            return f"{provider}:{client_id}:{prompt_id}", _Submitted(socket)
+
+        return await self._held.submit(self.http.slots, submit)
+
+    async def finish(self, provider: str, job_id: str, on_progress: ProgressCallback | None) -> GeneratedImage:
+        """Wait for the prompt (websocket, else /history), download its SaveImage output.
+
+        A prompt that timed out is taken off ComfyUI's queue (ProviderJobFailed: a new attempt submits
+        again); a failed poll or a cancelled wait leaves it queued for the next delivery to resume.
+        """
+        found = _PROMPT_JOB.match(job_id)
+        if found is None or found["provider"] != provider:
+            raise PermanentProviderError(f"{job_id!r} is not a {provider} prompt.")
+        client_id, prompt_id = found["client_id"], found["prompt_id"]
+        async with self._held.waiting(self.http.slots, job_id) as held:
+            finished: _Finished | None = None
+            if held.detail is None:  # submitted before a restart: it may be done already
+                finished = await self._history(prompt_id)
+                socket = None if finished is not None else await self._connect(client_id)
+            else:
+                socket = held.detail.socket
+            try:
+                await report(on_progress, 0.0, "queued on ComfyUI")
+                try:
+                    if finished is None and socket is not None:
+                        finished = await self._follow(socket, prompt_id, on_progress)
+                    if finished is None:
+                        finished = await self._poll(prompt_id, on_progress)
+                except ProviderJobFailed:  # gave up on it: ComfyUI need not run it
+                    await self._delete(prompt_id)
+                    raise
+            finally:
+                if socket is not None:
+                    await socket.close()
+            _raise_if_failed(provider, prompt_id, finished)
+            await report(on_progress, 90.0, "completed on ComfyUI; fetching the image")
+            image = _output_image(prompt_id, finished)
+            download = await self.call("GET", "/view", what="image download", params=image)
+            latency_ms = (self._clock() - held.started) * 1000.0
         await report(on_progress, 100.0, "done")
         return self._image(download, finished, latency_ms)
 
@@ -296,7 +342,7 @@ class ComfyUIClient:
                 finished = await self._history(prompt_id)  # it may have finished between the two calls
                 if finished is not None:
                     return finished
-                raise TransientProviderError(
+                raise ProviderJobFailed(
                     f"ComfyUI lost prompt {prompt_id}: not in its history or queue (did it restart?)"
                 )
             if self._clock() > deadline:
@@ -325,8 +371,8 @@ class ComfyUIClient:
         except (ProviderError, TimeoutError) as error:
             log.info("ComfyUI prompt %s: delete not accepted: %s", prompt_id, error)
 
-    def _timed_out(self, prompt_id: str) -> TransientProviderError:
-        return TransientProviderError(f"ComfyUI prompt {prompt_id} not done after {self.settings.timeout_s:.0f} s.")
+    def _timed_out(self, prompt_id: str) -> ProviderJobFailed:
+        return ProviderJobFailed(f"ComfyUI prompt {prompt_id} not done after {self.settings.timeout_s:.0f} s.")
 
     def _image(self, download: httpx.Response, finished: _Finished, latency_ms: float) -> GeneratedImage:
         data = download.content
@@ -336,7 +382,7 @@ class ComfyUIClient:
             )
         content_type = sniff_content_type(data)
         if content_type is None:
-            raise TransientProviderError(f"ComfyUI's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
+            raise ProviderJobFailed(f"ComfyUI's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
         seconds = finished.gpu_seconds()
         seconds = latency_ms / 1000.0 if seconds is None else seconds
         simulation = None
@@ -364,13 +410,13 @@ def _raise_if_failed(provider: str, prompt_id: str, finished: _Finished) -> None
             reason = f"{data.get('exception_type')}: {data.get('exception_message')}".strip()
             message = f"{provider}: ComfyUI prompt {prompt_id} failed at {where}: {reason}"
             if "OutOfMemory" in str(data.get("exception_type")):
-                raise TransientProviderError(message)
+                raise ProviderJobFailed(message)
             if data.get("node_type") in ("ApplyInstantID", "InstantIDFaceAnalysis") and "face" in reason.lower():
                 message += "; use a reference with one clear, frontal face"
             raise PermanentProviderError(message)
         if kind == "execution_interrupted":
-            raise TransientProviderError(f"{provider}: ComfyUI prompt {prompt_id} was interrupted.")
-    raise TransientProviderError(f"{provider}: ComfyUI prompt {prompt_id} ended {status.get('status_str')!r}.")
+            raise ProviderJobFailed(f"{provider}: ComfyUI prompt {prompt_id} was interrupted.")
+    raise ProviderJobFailed(f"{provider}: ComfyUI prompt {prompt_id} ended {status.get('status_str')!r}.")
 
 
 def _output_image(prompt_id: str, finished: _Finished) -> dict[str, str]:
@@ -384,7 +430,7 @@ def _output_image(prompt_id: str, finished: _Finished) -> dict[str, str]:
                     "subfolder": str(image.get("subfolder") or ""),
                     "type": "output",
                 }
-    raise TransientProviderError(f"ComfyUI prompt {prompt_id} finished without an output image.")
+    raise ProviderJobFailed(f"ComfyUI prompt {prompt_id} finished without an output image.")
 
 
 def _json(response: httpx.Response, what: str) -> Any:
@@ -453,7 +499,7 @@ class ComfyUIProvider:
         )
         return WORKFLOWS[self.name](fill, self._settings)
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
+    async def start_shot(self, request: ShotRequest) -> str:
         client = self.client()
         if not request.references:
             raise PermanentProviderError("A shot needs at least one reference image.")
@@ -461,9 +507,12 @@ class ComfyUIProvider:
             raise PermanentProviderError(
                 f"{request.identity_ref!r} is not the {self.name} identity of these references; rebuild it."
             )
-        async with client.http.slots:
-            (image, *_) = await client.ensure_uploaded(request.references[:1])  # ComfyUI may have been wiped
-            return await client.run(self.name, self.workflow(request, image), on_progress)
+        return await client.start(self.name, request.references[0], lambda image: self.workflow(request, image))
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
+        return await self.client().finish(self.name, job_id, on_progress)
 
 
 def comfyui_providers(

@@ -2,8 +2,9 @@
 
 The identity is the reference photos themselves: `create_identity` calls nothing and returns a job
 id made from the references' sha256s, and `identity_status` reports it ready at once, at no cost.
-A shot goes through fal's queue (`fal_queue`): submit, poll until COMPLETED, read the output,
-download `images[0].url`. The first reference travels inline as a base64 `data:` URI (documented
+A shot goes through fal's queue (`fal_queue`): `start_shot` submits, `finish_shot` polls until
+COMPLETED (resuming from the saved job id after a restart), reads the output and downloads
+`images[0].url`. The first reference travels inline as a base64 `data:` URI (documented
 as accepted for file inputs).
 """
 
@@ -94,7 +95,7 @@ class FalInstantCharacter(FalAdapter[FalSettings]):
             "enable_safety_checker": True,
         }
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
+    async def start_shot(self, request: ShotRequest) -> str:
         queue = self.queue()
         if not request.references:
             raise PermanentProviderError("A shot needs at least one reference image.")
@@ -102,7 +103,12 @@ class FalInstantCharacter(FalAdapter[FalSettings]):
             raise PermanentProviderError(
                 f"{request.identity_ref!r} is not the {self.name} identity of these references; rebuild it."
             )
-        return await queue.generate_image(self._settings.model, self.arguments(request), on_progress)
+        return await queue.start_job(self.name, self._settings.model, self.arguments(request))
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
+        return await self.queue().finish_job(self.name, job_id, on_progress)
 
 
 fal_provider = FalInstantCharacter.on

@@ -171,9 +171,14 @@ class FalFluxLora(FalAdapter[FluxLoraSettings]):
             "enable_safety_checker": True,
         }
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
+    async def start_shot(self, request: ShotRequest) -> str:
         queue = self.queue()
-        return await queue.generate_image(MODEL, self.arguments(request), on_progress)
+        return await queue.start_job(self.name, MODEL, self.arguments(request))
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
+        return await self.queue().finish_job(self.name, job_id, on_progress)
 
 
 flux_lora_provider = FalFluxLora.on

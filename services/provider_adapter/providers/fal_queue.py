@@ -1,7 +1,10 @@
 """fal.ai's queue API (docs.fal.ai/model-endpoints/queue), shared by every fal adapter.
 
 A request is submitted to `{queue}/{model}`, polled at its `status_url` until COMPLETED, its output
-read at `response_url`, and cancelled at `cancel_url` when we stop waiting. The status, result and
+read at `response_url`, and cancelled at `cancel_url` when we give up on it (a time-out). A shot's
+job id, `<adapter>:<model>:<request id>`, is saved by the service before it waits, so a restarted
+adapter rebuilds those URLs and resumes polling instead of submitting again; a cancelled wait (a
+shutdown) therefore leaves the request running at fal. The status, result and
 cancel URLs drop any subpath of the model id (`fal-ai/flux/dev/redux` is polled under `fal-ai/flux`),
 which `request_urls` follows when a URL must be rebuilt from a stored request id.
 
@@ -16,6 +19,7 @@ import base64
 import io
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,14 +37,17 @@ from services.provider_adapter.ports import (
     PermanentProviderError,
     ProgressCallback,
     ProviderError,
+    ProviderJobFailed,
     TransientProviderError,
 )
+from services.provider_adapter.providers.held_jobs import HeldJobs
 from services.provider_adapter.providers.http import (
     FAKE_MARKER_HEADER,
     FAKE_TRANSFORM_HEADER,
     Clock,
     ProviderHttp,
     ProviderKeyAuth,
+    ProviderRefused,
     RetryPolicy,
     Sleep,
 )
@@ -78,6 +85,7 @@ _SIGNATURES: Final[tuple[tuple[bytes, Literal["image/png", "image/jpeg", "image/
     (b"RIFF", "image/webp"),
 )
 _CANCEL_WAIT_S: Final = 5.0
+_SHOT_JOB = re.compile(r"^(?P<adapter>[a-z0-9-]+):(?P<model>[A-Za-z0-9._/-]+):(?P<request_id>[A-Za-z0-9._-]{1,128})$")
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,14 @@ def request_urls(queue_url: str, model: str, request_id: str) -> Queued:
     app = "/".join(model.split("/")[:2])
     base = f"{queue_url}/{app}/requests/{request_id}"
     return Queued(request_id=request_id, status_url=f"{base}/status", response_url=base, cancel_url=f"{base}/cancel")
+
+
+def parse_job_id(adapter: str, job_id: str) -> tuple[str, str]:
+    """The model and fal request id of a shot job id `<adapter>:<model>:<request id>`."""
+    found = _SHOT_JOB.match(job_id)
+    if found is None or found["adapter"] != adapter:
+        raise PermanentProviderError(f"{job_id!r} is not a {adapter} shot job.")
+    return found["model"], found["request_id"]
 
 
 def data_uri(data: bytes, content_type: str) -> str:
@@ -256,6 +272,7 @@ class FalQueue:
         self._clock = clock
         self._sleep = sleep
         self._cancels: set[asyncio.Task[None]] = set()
+        self._held: HeldJobs[Queued] = HeldJobs(clock)
 
     async def submit(self, model: str, arguments: Mapping[str, Any]) -> Queued:
         """Queue a request; with `settings.webhook_url`, fal is asked to call it back (`?fal_webhook=`, URL-encoded)."""
@@ -274,18 +291,29 @@ class FalQueue:
         response = await self.http.call("GET", queued.response_url, what="result")
         return parse(model, response, "result"), response
 
-    async def generate_image(
-        self, model: str, arguments: Mapping[str, Any], on_progress: ProgressCallback | None
-    ) -> GeneratedImage:
-        """One image from `model`: submit, wait, read the output, download `images[0]`, price it per megapixel."""
-        async with self.http.slots:
-            started = self._clock()
+    async def start_job(self, adapter: str, model: str, arguments: Mapping[str, Any]) -> str:
+        """Submit one image request to `model` and return its job id, `<adapter>:<model>:<request id>`.
+
+        The concurrency slot is kept for the request until `finish_job` ends.
+        """
+
+        async def submit() -> tuple[str, Queued]:
             queued = await self.submit(model, arguments)
-            try:
-                finished = await self._wait(queued, on_progress)
-            except BaseException:  # cancelled, timed out, polls failing: fal need not finish it
-                await self._cancel(queued)
-                raise
+            return f"{adapter}:{model}:{queued.request_id}", queued
+
+        return await self._held.submit(self.http.slots, submit)
+
+    async def finish_job(self, adapter: str, job_id: str, on_progress: ProgressCallback | None) -> GeneratedImage:
+        """Wait for the request, read its output, download `images[0]`, price it per megapixel.
+
+        Resumable: the status and result URLs are rebuilt from the job id where this process did not
+        submit it. A time-out cancels the request at fal (ProviderJobFailed: a new attempt submits
+        again); a failed poll or a cancelled wait leaves it running for the next delivery to resume.
+        """
+        model, request_id = parse_job_id(adapter, job_id)
+        async with self._held.waiting(self.http.slots, job_id) as held:
+            queued = held.detail or request_urls(self.settings.queue_url, model, request_id)
+            finished = await self._wait(queued, on_progress, resumed=held.detail is None)
             if finished.status != "COMPLETED" or finished.error is not None:
                 raise await self.failure(queued, finished)
             await report(on_progress, 90.0, "completed on fal; fetching the image")
@@ -296,16 +324,16 @@ class FalQueue:
                     "change the prompt or the reference."
                 )
             data, download = await self._download(output.images[0])
-            latency_ms = (self._clock() - started) * 1000.0
+            latency_ms = (self._clock() - held.started) * 1000.0
         await report(on_progress, 100.0, "done")
         content_type = sniff_content_type(data)
         if content_type is None:
-            raise TransientProviderError(f"fal's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
+            raise ProviderJobFailed(f"fal's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
         try:
             with Image.open(io.BytesIO(data)) as decoded:  # reads the header only
                 width, height = decoded.size
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise TransientProviderError(f"fal's image does not decode ({error}).") from None
+            raise ProviderJobFailed(f"fal's image does not decode ({error}).") from None
         return GeneratedImage(
             data=data,
             content_type=content_type,
@@ -314,9 +342,15 @@ class FalQueue:
             simulation=simulation_note(result, download),
         )
 
-    async def _wait(self, queued: Queued, on_progress: ProgressCallback | None) -> Status:
-        """Poll the status URL fal gave us, backing off, until the request is finished, well or not."""
+    async def _wait(self, queued: Queued, on_progress: ProgressCallback | None, *, resumed: bool) -> Status:
+        """Poll the status URL, backing off, until the request is finished, well or not.
+
+        `resumed`: the request was submitted before a restart; its status is read first, and a
+        request fal no longer knows (404) is a ProviderJobFailed.
+        """
         status = Status(status=queued.status, queue_position=queued.queue_position)
+        if resumed:
+            status = await self._status_of_resumed(queued)
         delay = self.settings.poll_s
         deadline = self._clock() + self.settings.timeout_s
         while status.status in ("IN_QUEUE", "IN_PROGRESS"):
@@ -326,13 +360,22 @@ class FalQueue:
             else:
                 await report(on_progress, 50.0, "generating on fal")
             if self._clock() > deadline:
-                raise TransientProviderError(
+                await self._cancel(queued)
+                raise ProviderJobFailed(
                     f"fal request {queued.request_id} not done after {self.settings.timeout_s:.0f} s; cancelled it."
                 )
             await self._sleep(delay)
             delay = min(delay * 1.5, self.settings.poll_max_s)
             status = await self.status(queued)
         return status
+
+    async def _status_of_resumed(self, queued: Queued) -> Status:
+        try:
+            return await self.status(queued)
+        except ProviderRefused as refused:
+            if refused.response.status_code == 404:
+                raise ProviderJobFailed(f"fal no longer knows request {queued.request_id} ({refused}).") from None
+            raise
 
     async def failure(self, queued: Queued, status: Status) -> ProviderError:
         """A request fal finished without output. Its result says why: a 422 is permanent, the rest transient.
@@ -346,10 +389,10 @@ class FalQueue:
             try:
                 await self.http.call("GET", queued.response_url, what="result of a failed request", retries=0)
             except TransientProviderError as error:
-                return TransientProviderError(f"{reason} (its result: {error})")
+                return ProviderJobFailed(f"{reason} (its result: {error})")
             except PermanentProviderError as error:
                 return error
-        return TransientProviderError(reason)
+        return ProviderJobFailed(reason)
 
     async def _download(self, image: File) -> tuple[bytes, httpx.Response | None]:
         if image.url.startswith("data:"):

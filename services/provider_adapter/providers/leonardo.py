@@ -9,9 +9,11 @@ identity_ref: it is ready at once, and a restart (a new adapter with the saved i
 without uploading again.
 
 A shot is `POST /generations` with one controlnet `{initImageId, initImageType: "UPLOADED",
-preprocessorId, strengthType}`, then `GET /generations/{id}` until COMPLETE or FAILED, then a download
-of `generated_images[0].url`. Calls to Leonardo go through `ProviderHttp` (Bearer key, retries on 429,
-5xx and network errors; any other 4xx, e.g. a 400 validation error, is permanent at once). The
+preprocessorId, strengthType}` (`start_shot`: the job id the service saves holds the generation id),
+then `GET /generations/{id}` until COMPLETE or FAILED, then a download of `generated_images[0].url`
+(`finish_shot`, which a restarted adapter calls again with the saved job id instead of submitting).
+Calls to Leonardo go through `ProviderHttp` (Bearer key, retries on 429, 5xx and network errors;
+any other 4xx, e.g. a 400 validation error, is permanent at once). The
 presigned upload goes to S3, not Leonardo, and must not carry the key: it is posted with no auth,
 retried here on the same policy.
 
@@ -26,7 +28,7 @@ Uncertain (see the settings' docstring too):
 - The dollar value of an API credit is not published in anything the research could find (the API
   moved to pay-as-you-go in dollars "at the previous Pro tier rate"); the default is an estimate.
 - Leonardo documents no cancel call for a generation in progress, so a shot we stop waiting for is
-  left to finish (and is billed).
+  left to finish (and is billed); the next delivery resumes it.
 - `guidance_scale` is sent as an integer (Leonardo's range is believed to be 1..20) and steps are
   clamped to 10..60 (the pricing calculator's documented range).
 """
@@ -58,10 +60,12 @@ from services.provider_adapter.ports import (
     IdentityStatus,
     PermanentProviderError,
     ProgressCallback,
+    ProviderJobFailed,
     ShotRequest,
     TransientProviderError,
 )
 from services.provider_adapter.providers.fal_queue import report, sniff_content_type
+from services.provider_adapter.providers.held_jobs import HeldJobs
 from services.provider_adapter.providers.http import (
     FAKE_MARKER_HEADER,
     FAKE_TRANSFORM_HEADER,
@@ -108,6 +112,10 @@ _EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType(
     {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
 )
 _IDENTITY = re.compile(r"^(?P<provider>[a-z0-9-]+):(?P<init_image_id>[A-Za-z0-9][A-Za-z0-9_-]{0,127})$")
+_GENERATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_GENERATION_JOB = re.compile(
+    rf"^(?P<provider>[a-z0-9-]+):generation:(?P<generation_id>{_GENERATION_ID.pattern}):(?P<credits>-|[0-9.e+-]+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,7 @@ class LeonardoCharacterReference:
         self._http = http if settings.configured else None
         self._clock = clock
         self._sleep = sleep
+        self._held: HeldJobs[None] = HeldJobs(clock)
 
     @classmethod
     def on(
@@ -329,23 +338,48 @@ class LeonardoCharacterReference:
             body["negative_prompt"] = params.negative_prompt
         return body
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
+    async def start_shot(self, request: ShotRequest) -> str:
+        """`POST /generations`; the job id, `<provider>:generation:<id>:<credits>`, keeps the credit cost
+        Leonardo reports only on submit (`-` where it reported none)."""
         http = self._client()
         image_id = init_image_id(request.identity_ref, self.name)
         settings = self._settings
-        async with http.slots:
-            started = self._clock()
+
+        async def submit() -> tuple[str, None]:
             response = await http.call(
                 "POST", f"{settings.base_url}/generations", what="generation", json=self.arguments(request, image_id)
             )
             job = parse(GenerationSubmitted, response, "generation").sdGenerationJob
+            if _GENERATION_ID.fullmatch(job.generationId) is None:
+                raise TransientProviderError(
+                    f"Leonardo's generation id {job.generationId[:80]!r} is not one we can poll."
+                )
+            credits = "-" if job.apiCreditCost is None else repr(float(job.apiCreditCost))
+            return f"{self.name}:generation:{job.generationId}:{credits}", None
+
+        return await self._held.submit(http.slots, submit)
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
+        """Poll the generation until COMPLETE, download its image; resumable from the job id alone.
+
+        FAILED is a ProviderJobFailed (a new attempt submits again). Leonardo has no cancel call, so a
+        time-out leaves the generation running, and the next delivery resumes it.
+        """
+        http = self._client()
+        settings = self._settings
+        found = _GENERATION_JOB.match(job_id)
+        if found is None or found["provider"] != self.name:
+            raise PermanentProviderError(f"{job_id!r} is not a {self.name} generation.")
+        async with self._held.waiting(http.slots, job_id) as held:
             await report(on_progress, 10.0, "submitted to Leonardo")
-            generation, polled = await self._wait(job.generationId, on_progress)
+            generation, polled = await self._wait(found["generation_id"], on_progress)
             await report(on_progress, 90.0, "completed on Leonardo; fetching the image")
             download = await http.call(
                 "GET", generation.generated_images[0].url, what="image download", follow_redirects=True
             )
-            latency_ms = (self._clock() - started) * 1000.0
+            latency_ms = (self._clock() - held.started) * 1000.0
         await report(on_progress, 100.0, "done")
         data = download.content
         if len(data) > settings.max_image_bytes:
@@ -354,13 +388,13 @@ class LeonardoCharacterReference:
             )
         content_type = sniff_content_type(data)
         if content_type is None:
-            raise TransientProviderError(f"Leonardo's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
+            raise ProviderJobFailed(f"Leonardo's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
         try:
             with Image.open(io.BytesIO(data)):  # reads the header only
                 pass
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise TransientProviderError(f"Leonardo's image does not decode ({error}).") from None
-        credits = job.apiCreditCost if job.apiCreditCost is not None else settings.credits_per_image
+            raise ProviderJobFailed(f"Leonardo's image does not decode ({error}).") from None
+        credits = settings.credits_per_image if found["credits"] == "-" else float(found["credits"])
         return GeneratedImage(
             data=data,
             content_type=content_type,
@@ -383,17 +417,17 @@ class LeonardoCharacterReference:
             status = generation.status if generation is not None else "PENDING"  # not visible yet
             if generation is not None and status == "COMPLETE":
                 if not generation.generated_images:
-                    raise TransientProviderError(f"Leonardo generation {generation_id} is COMPLETE with no image.")
+                    raise ProviderJobFailed(f"Leonardo generation {generation_id} is COMPLETE with no image.")
                 return generation, response
             if status == "FAILED":
-                raise TransientProviderError(
+                raise ProviderJobFailed(
                     f"Leonardo generation {generation_id} FAILED (Leonardo gives no reason); a retry submits it again."
                 )
             await report(on_progress, 50.0, f"generating on Leonardo ({status.lower()})")
             if self._clock() > deadline:
                 raise TransientProviderError(
                     f"Leonardo generation {generation_id} not done after {settings.timeout_s:.0f} s "
-                    "(Leonardo has no cancel call; it may still finish and be billed)."
+                    "(Leonardo has no cancel call; the next delivery resumes it)."
                 )
             await self._sleep(delay)
             delay = min(delay * 1.5, settings.poll_max_s)

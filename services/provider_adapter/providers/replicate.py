@@ -14,9 +14,12 @@ shards does not count) scaled to 5-95 %, else 5 %. Replicate documents `logs` as
 text; the tqdm lines are what ai-toolkit prints, as seen in public issues, not a promise.
 
 The identity_ref is `replicate-flux-lora:<trigger>:<owner>/<model>:<version id>`: a shot creates a
-prediction (`POST /v1/predictions`) on that version with the trigger word leading the prompt, polls
-`GET /v1/predictions/{id}` with backoff, downloads `output[0]`, and cancels
-(`POST /v1/predictions/{id}/cancel`) a prediction it stops waiting for. Polling, not `Prefer: wait`:
+prediction (`POST /v1/predictions`) on that version with the trigger word leading the prompt
+(`start_shot`, job id `replicate-flux-lora:prediction:<id>`, saved by the service), then polls
+`GET /v1/predictions/{id}` with backoff, downloads `output[0]` (`finish_shot`, which resumes from the
+job id after a restart), and cancels (`POST /v1/predictions/{id}/cancel`) a prediction that times out.
+A cancelled wait (a shutdown) leaves the prediction running for the next delivery to resume.
+Polling, not `Prefer: wait`:
 `ProviderHttp.call` takes no per-call headers, and a held-open POST would sit in a concurrency slot.
 
 Prices (REPLICATE_PRICES_AS_OF, provider-contracts.md section 3, from replicate.com/pricing): Flux
@@ -64,17 +67,20 @@ from services.provider_adapter.ports import (
     PermanentProviderError,
     ProgressCallback,
     ProviderError,
+    ProviderJobFailed,
     ShotRequest,
     TransientProviderError,
 )
 from services.provider_adapter.providers.fal_flux_lora import reference_zip, trigger_word, weights_file
 from services.provider_adapter.providers.fal_queue import data_uri, report, sniff_content_type
+from services.provider_adapter.providers.held_jobs import HeldJobs
 from services.provider_adapter.providers.http import (
     FAKE_MARKER_HEADER,
     FAKE_TRANSFORM_HEADER,
     Clock,
     ProviderHttp,
     ProviderKeyAuth,
+    ProviderRefused,
     RetryPolicy,
     Sleep,
 )
@@ -97,6 +103,7 @@ _JOB = re.compile(rf"^{PROVIDER_NAME}:(?P<trigger>lkns[0-9a-f]{{8}}):(?P<trainin
 _IDENTITY = re.compile(
     rf"^{PROVIDER_NAME}:(?P<trigger>lkns[0-9a-f]{{8}}):(?P<model>[\w.-]+/[\w.-]+):(?P<version>[0-9a-f]{{8,128}})$"
 )
+_PREDICTION_JOB = re.compile(rf"^{PROVIDER_NAME}:prediction:(?P<prediction_id>[A-Za-z0-9_-]{{1,128}})$")
 _TRAINED = re.compile(r"^(?P<model>[\w.-]+/[\w.-]+):(?P<version>[0-9a-f]{8,128})$")
 _TQDM = re.compile(r"\|\s*(\d+)\s*/\s*(\d+)\s*\[")
 _CANCEL_WAIT_S: Final = 5.0
@@ -211,6 +218,7 @@ class ReplicateFluxLora:
         self._clock = clock
         self._sleep = sleep
         self._cancels: set[asyncio.Task[None]] = set()
+        self._held: HeldJobs[tuple[Prediction, httpx.Response]] = HeldJobs(clock)
 
     @classmethod
     def on(
@@ -357,36 +365,56 @@ class ReplicateFluxLora:
             },
         }
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
+    async def start_shot(self, request: ShotRequest) -> str:
+        """Create the prediction; its job id is `replicate-flux-lora:prediction:<prediction id>`."""
         http = self.http()
         body = self.prediction_body(request)
-        base = self._settings.base_url
-        async with http.slots:
-            started = self._clock()
-            created = await http.call("POST", f"{base}/v1/predictions", what="prediction create", json=body)
+
+        async def create() -> tuple[str, tuple[Prediction, httpx.Response]]:
+            created = await http.call(
+                "POST", f"{self._settings.base_url}/v1/predictions", what="prediction create", json=body
+            )
             prediction = parse(Prediction, created, "prediction create")
-            try:
-                prediction, polled = await self._wait(prediction, on_progress)
-            except BaseException:  # cancelled, timed out, polls failing: Replicate need not finish it
-                await self._cancel(prediction.id)
-                raise
+            return f"{PROVIDER_NAME}:prediction:{prediction.id}", (prediction, created)
+
+        return await self._held.submit(http.slots, create)
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
+        """Poll the prediction until it is done and download `output[0]`; resumable from the job id alone.
+
+        A time-out cancels the prediction (ProviderJobFailed); a failed poll or a cancelled wait leaves it
+        running for the next delivery to resume.
+        """
+        http = self.http()
+        found = _PREDICTION_JOB.match(job_id)
+        if found is None:
+            raise PermanentProviderError(f"{job_id!r} is not a {PROVIDER_NAME} prediction.")
+        async with self._held.waiting(http.slots, job_id) as held:
+            created: httpx.Response | None = None
+            if held.detail is not None:
+                prediction, created = held.detail
+            else:
+                prediction = await self._resumed(found["prediction_id"])
+            prediction, polled = await self._wait(prediction, on_progress)
             if prediction.status != "succeeded":
                 raise prediction_failure(prediction)
             await report(on_progress, 90.0, "succeeded on Replicate; fetching the image")
             outputs = [prediction.output] if isinstance(prediction.output, str) else prediction.output or []
             if not outputs:
-                raise TransientProviderError(f"Replicate prediction {prediction.id} succeeded without an output.")
+                raise ProviderJobFailed(f"Replicate prediction {prediction.id} succeeded without an output.")
             data, download = await self._download(outputs[0])
-            latency_ms = (self._clock() - started) * 1000.0
+            latency_ms = (self._clock() - held.started) * 1000.0
         await report(on_progress, 100.0, "done")
         content_type = sniff_content_type(data)
         if content_type is None:
-            raise TransientProviderError(f"Replicate's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
+            raise ProviderJobFailed(f"Replicate's image ({len(data)} bytes) is not a PNG, JPEG or WebP.")
         try:
             with Image.open(io.BytesIO(data)):  # reads the header only
                 pass
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise TransientProviderError(f"Replicate's image does not decode ({error}).") from None
+            raise ProviderJobFailed(f"Replicate's image does not decode ({error}).") from None
         seconds = prediction.metrics.predict_time if prediction.metrics is not None else None
         cost = seconds * self._settings.usd_per_gpu_second if seconds else self._settings.usd_per_image
         return GeneratedImage(
@@ -397,10 +425,21 @@ class ReplicateFluxLora:
             simulation=simulation_note(created, polled, download),
         )
 
+    async def _resumed(self, prediction_id: str) -> Prediction:
+        """A prediction created before a restart, as Replicate has it now (gone: ProviderJobFailed)."""
+        url = f"{self._settings.base_url}/v1/predictions/{prediction_id}"
+        try:
+            response = await self.http().call("GET", url, what="prediction status")
+        except ProviderRefused as refused:
+            if refused.response.status_code == 404:
+                raise ProviderJobFailed(f"Replicate no longer knows prediction {prediction_id} ({refused}).") from None
+            raise
+        return parse(Prediction, response, "prediction status")
+
     async def _wait(
         self, prediction: Prediction, on_progress: ProgressCallback | None
     ) -> tuple[Prediction, httpx.Response | None]:
-        """Poll the prediction, backing off, until it is finished, well or not; past the time-out, give up."""
+        """Poll the prediction, backing off, until it is finished, well or not; past the time-out, cancel it."""
         http = self.http()
         delay = self._settings.poll_s
         deadline = self._clock() + self._settings.timeout_s
@@ -412,7 +451,8 @@ class ReplicateFluxLora:
             else:
                 await report(on_progress, 50.0, "generating on Replicate")
             if self._clock() > deadline:
-                raise TransientProviderError(
+                await self._cancel(prediction.id)
+                raise ProviderJobFailed(
                     f"Replicate prediction {prediction.id} not done after {self._settings.timeout_s:.0f} s; "
                     "cancelled it."
                 )
@@ -460,7 +500,7 @@ def prediction_failure(prediction: Prediction) -> ProviderError:
     reason = f"Replicate prediction {prediction.id} {prediction.status}: {prediction.error or 'no reason given'}"
     if prediction.error is not None and "nsfw" in prediction.error.lower():
         return PermanentProviderError(f"{reason}; change the prompt or the reference.")
-    return TransientProviderError(reason)
+    return ProviderJobFailed(reason)
 
 
 def parse(model: type[Parsed], response: httpx.Response, what: str) -> Parsed:

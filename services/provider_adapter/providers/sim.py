@@ -5,6 +5,12 @@ Shots are references reframed for the scenario (see `sim_images`); a configurabl
 "drifts" to a different real person, and a configurable share of attempts fails transiently, so the
 pipeline's scoring and retries have something real to catch. Every decision is a pure function of
 the request: the same request gives the same bytes.
+
+Shots behave like an asynchronous provider's jobs: `start_shot` submits (remembered in `submitted`)
+and returns a job id holding the shot, the submission number, when it was submitted and how long it
+runs; `finish_shot` waits on the wall clock until then. Whether the job fails and what it shows
+follow from the job id and the request alone, so a job resumed by a restarted adapter ends exactly
+as it would have.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,8 +35,8 @@ from services.provider_adapter.ports import (
     IdentityStatus,
     PermanentProviderError,
     ProgressCallback,
+    ProviderJobFailed,
     ShotRequest,
-    TransientProviderError,
 )
 from services.provider_adapter.providers import sim_images
 
@@ -86,6 +93,9 @@ _STRATEGIES = "|".join(get_args(Strategy))
 # sim-<strategy>-<character id hex>-<start, ms since the epoch>-<training time, ms>
 _JOB_ID = re.compile(rf"^sim-(?P<strategy>{_STRATEGIES})-(?P<character>[0-9a-f]{{32}})-(?P<start>\d+)-(?P<ms>\d+)$")
 IDENTITY_PREFIX: Final = "sim:"
+_SUBMITTED_KEPT: Final = 10_000
+# sim-shot-<shot id hex>-<submission>-<submitted, ms since the epoch>-<latency, ms>
+_SHOT_JOB_ID = re.compile(r"^sim-shot-(?P<shot>[0-9a-f]{32})-(?P<attempt>\d{1,6})-(?P<start>\d+)-(?P<ms>\d+)$")
 
 # Knuth's multiplicative constant, round(2**32 / golden ratio): seed * K mod 2**32 walks [0, 1)
 # as evenly as any sequence can, so over consecutive seeds the drifted share tracks drift_rate.
@@ -133,6 +143,8 @@ class SimProvider:
         self._settings = settings or SimSettings()
         self._clock = clock
         self._sleep = sleep
+        # the shot jobs this instance submitted, latest last (the service's own record: provider.shot_jobs)
+        self.submitted: deque[str] = deque(maxlen=_SUBMITTED_KEPT)
 
     def available(self) -> bool:
         return True
@@ -160,34 +172,53 @@ class SimProvider:
             cost_usd=self._settings.prices[job.strategy].per_identity_usd,
         )
 
-    async def generate(self, request: ShotRequest, on_progress: ProgressCallback | None = None) -> GeneratedImage:
-        started = time.perf_counter()
-        if not request.identity_ref.startswith(IDENTITY_PREFIX):
-            raise PermanentProviderError(f"{request.identity_ref!r} is not a simulator identity; build one first.")
-        job = _parse_job(request.identity_ref.removeprefix(IDENTITY_PREFIX))
-        if not request.references:
-            raise PermanentProviderError("A shot needs at least one reference image.")
+    async def start_shot(self, request: ShotRequest) -> str:
+        """Submit a simulated shot job: its id holds the shot, the submission, when and how long it runs."""
+        self._check_shot(request)
+        started_ms = round(self._clock() * 1000)
+        latency_ms = round(self._latency_s(request.params.seed) * 1000)
+        job_id = f"sim-shot-{request.shot_id.hex}-{request.attempt}-{started_ms}-{latency_ms}"
+        self.submitted.append(job_id)
+        return job_id
+
+    async def finish_shot(
+        self, job_id: str, request: ShotRequest, on_progress: ProgressCallback | None = None
+    ) -> GeneratedImage:
+        """Wait for the job as a real provider's runs: on the wall clock from its submission, so a job
+        resumed after a restart finishes when it would have; the outcome depends on the job id alone."""
+        job = _parse_shot_job(job_id)
+        if job.shot_id != request.shot_id.hex:
+            raise PermanentProviderError(f"{job_id!r} is not a job of shot {request.shot_id}.")
+        identity = self._check_shot(request)
         params = request.params
-        delay_s = self._latency_s(params.seed)
+        halfway, done = job.started_at + job.latency_s / 2, job.started_at + job.latency_s
 
         await _report(on_progress, 0.0, "queued on the offline simulator")
-        await self._sleep(delay_s / 2)
-        if fails(params.seed, request.attempt, self._settings.failure_rate):
-            raise TransientProviderError(
-                f"Simulated provider hiccup on attempt {request.attempt} "
+        await self._sleep(max(0.0, halfway - self._clock()))
+        if fails(params.seed, job.attempt, self._settings.failure_rate):
+            raise ProviderJobFailed(
+                f"Simulated provider hiccup on attempt {job.attempt} "
                 f"(failure_rate={self._settings.failure_rate}); retrying can succeed."
             )
         await _report(on_progress, 50.0, "transforming a reference")
         data, note = await asyncio.to_thread(self._render, request)
-        await self._sleep(delay_s / 2)
+        await self._sleep(max(0.0, done - max(self._clock(), halfway)))
         await _report(on_progress, 100.0, "done")
         return GeneratedImage(
             data=data,
             content_type="image/png",
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-            cost_usd=self._settings.prices[job.strategy].per_shot_usd,
+            latency_ms=max(job.latency_s, self._clock() - job.started_at) * 1000.0,
+            cost_usd=self._settings.prices[identity.strategy].per_shot_usd,
             simulation=note,
         )
+
+    def _check_shot(self, request: ShotRequest) -> _Job:
+        if not request.identity_ref.startswith(IDENTITY_PREFIX):
+            raise PermanentProviderError(f"{request.identity_ref!r} is not a simulator identity; build one first.")
+        identity = _parse_job(request.identity_ref.removeprefix(IDENTITY_PREFIX))
+        if not request.references:
+            raise PermanentProviderError("A shot needs at least one reference image.")
+        return identity
 
     def _latency_s(self, seed: int) -> float:
         offset = np.random.default_rng([seed, 1]).uniform(-1.0, 1.0)
@@ -220,6 +251,26 @@ def _parse_job(job_id: str) -> _Job:
         strategy=cast(Strategy, match["strategy"]),  # the pattern admits only Strategy values
         started_at=int(match["start"]) / 1000.0,
         training_seconds=int(match["ms"]) / 1000.0,
+    )
+
+
+@dataclass(frozen=True)
+class _ShotJob:
+    shot_id: str
+    attempt: int
+    started_at: float
+    latency_s: float
+
+
+def _parse_shot_job(job_id: str) -> _ShotJob:
+    match = _SHOT_JOB_ID.match(job_id)
+    if match is None:
+        raise PermanentProviderError(f"{job_id!r} is not a simulator shot job id.")
+    return _ShotJob(
+        shot_id=match["shot"],
+        attempt=int(match["attempt"]),
+        started_at=int(match["start"]) / 1000.0,
+        latency_s=int(match["ms"]) / 1000.0,
     )
 
 

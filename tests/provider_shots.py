@@ -1,0 +1,52 @@
+"""Shots through a provider's two steps, for tests: straight through, or with the service's job record."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from uuid import UUID
+
+from services.provider_adapter.ports import (
+    GeneratedImage,
+    ProgressCallback,
+    Provider,
+    ShotJob,
+    ShotJobOutcome,
+    ShotRequest,
+)
+
+
+async def generate(
+    provider: Provider, request: ShotRequest, on_progress: ProgressCallback | None = None
+) -> GeneratedImage:
+    """Submit the shot and wait for it: what the service does, without saving the job id between."""
+    job_id = await provider.start_shot(request)
+    return await provider.finish_shot(job_id, request, on_progress)
+
+
+class InMemoryShotJobs:
+    """`ports.ShotJobs` in memory, with the table's rule: one job per shot and submission."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[tuple[UUID, int], ShotJob] = {}
+        self.refused_records: list[ShotJob] = []
+
+    async def latest(self, shot_id: UUID) -> ShotJob | None:
+        found = [job for (shot, _), job in self.jobs.items() if shot == shot_id]
+        return max(found, key=lambda job: job.attempt, default=None)
+
+    async def record(self, job: ShotJob, tenant_id: str) -> bool:
+        if (job.shot_id, job.attempt) in self.jobs:
+            self.refused_records.append(job)
+            return False
+        self.jobs[(job.shot_id, job.attempt)] = job
+        return True
+
+    async def settle(
+        self, shot_id: UUID, attempt: int, job_id: str, outcome: ShotJobOutcome, failure: str | None = None
+    ) -> None:
+        job = self.jobs.get((shot_id, attempt))
+        if job is not None and job.job_id == job_id:
+            self.jobs[(shot_id, attempt)] = replace(job, outcome=outcome, failure=failure)
+
+    def of(self, shot_id: UUID) -> list[ShotJob]:
+        return sorted((job for (shot, _), job in self.jobs.items() if shot == shot_id), key=lambda job: job.attempt)
