@@ -111,7 +111,8 @@ def faults(stack: EmbeddedStack, replicas: list[ServiceSet], plan: ChaosPlan) ->
 
 def run_chaos(data_dir: Path, plan: ChaosPlan, *, say: Callable[[str], None] = print) -> ChaosResult:
     started = time.monotonic()
-    with EmbeddedStack(data_dir / "stack") as stack:
+    stack = EmbeddedStack(data_dir / "stack")
+    try:
         endpoints = stack.start()
         key = secrets.token_urlsafe(16)
         ports = [free_port() for _ in range(plan.replicas)]
@@ -143,14 +144,26 @@ def run_chaos(data_dir: Path, plan: ChaosPlan, *, say: Callable[[str], None] = p
             )
             chaos.start()
             chaos.join()
+            scored_by_then = sum(
+                sum(
+                    1
+                    for shot in gateways.call(partial(GatewayClient.character, character_id=c))["shots"]
+                    if shot["status"] == "scored"
+                )
+                for c in characters
+            )
+            say(f"faults over; {scored_by_then} shots scored so far")
             for services in replicas:  # everything killed is back before we judge
                 services.wait_ready(list(services.running), timeout_s=180)
             wait_completed(gateways, characters, plan.timeout_s, say)
             counts, problems = asyncio.run(verify(endpoints, characters, replicas))
+            counts["shots already scored when the faults ended"] = scored_by_then
         finally:
             gateways.close()
             for services in replicas:
                 services.stop_all()
+    finally:
+        stack.destroy()  # the servers' data too (a PostgreSQL cluster may live under /var/lib/likeness)
     return ChaosResult(counts, problems, applied, time.monotonic() - started)
 
 
