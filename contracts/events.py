@@ -21,8 +21,11 @@ from contracts.values import (
     ShotScore,
     SimulationNote,
     Strategy,
+    TakeReason,
     Verdict,
 )
+
+TAKE_DESCRIPTION = "Which take of the shot: 1 is the first; 2 and on are the consistency gate's retakes."
 
 
 class CharacterRequested(Event):
@@ -102,6 +105,7 @@ class GenerateShot(Event):
     identity_ref: str
     params: ShotParams
     references: list[ImageRef] = Field(min_length=1, max_length=20)
+    take: int = Field(default=1, ge=1, description=TAKE_DESCRIPTION)
 
 
 class ShotGenerated(Event):
@@ -119,6 +123,12 @@ class ShotGenerated(Event):
     simulation: SimulationNote | None = Field(
         default=None, description="Present when the offline simulator made the image."
     )
+    take: int = Field(default=1, ge=1, description=TAKE_DESCRIPTION)
+    rerouted_from: ProviderName | None = Field(
+        default=None,
+        description="The shot's own provider, when its circuit breaker was open and this provider (its fallback) "
+        "made the image instead.",
+    )
 
 
 class ShotStored(Event):
@@ -131,6 +141,7 @@ class ShotStored(Event):
     prompt: str
     image: ImageRef
     references: list[ImageRef] = Field(min_length=1, max_length=20)
+    take: int = Field(default=1, ge=1, description=TAKE_DESCRIPTION)
 
 
 class ShotScored(Event):
@@ -139,6 +150,7 @@ class ShotScored(Event):
     shot_id: UUID
     character_id: UUID
     score: ShotScore
+    take: int = Field(default=1, ge=1, description=TAKE_DESCRIPTION)
 
 
 class ShotFailed(Event):
@@ -148,6 +160,31 @@ class ShotFailed(Event):
     character_id: UUID
     stage: FailureStage
     reason: str = Field(max_length=2000)
+    take: int = Field(default=1, ge=1, description=TAKE_DESCRIPTION)
+
+
+class RetakeShot(Event):
+    """Command to the provider adapter: storage's consistency gate wants another take of this shot.
+
+    Storage sends it when a take's first score has a gated verdict (`different`, `no_face` by default):
+    `regenerate` takes use the shot's own provider with a new seed (derived from the shot id and the take
+    number); the one `fallback` take after them uses the fallback provider the policy names. The event id
+    is derived from the score that caused it, so a redelivered score asks for the same take once.
+    """
+
+    subject = "likeness.shot.retake.v1"
+    type: Literal["RetakeShot"] = "RetakeShot"
+    shot_id: UUID
+    character_id: UUID
+    take: int = Field(ge=2, description="The take to make (the shot's first take is 1).")
+    reason: TakeReason = Field(description="regenerate: the shot's own provider again; fallback: the policy's.")
+    provider: ProviderName = Field(description="The provider to make this take with.")
+    fallback_from: ProviderName | None = Field(
+        default=None, description="For a fallback take: the provider whose takes the gate gave up on."
+    )
+    previous_verdict: Verdict = Field(description="The verdict of the take before, which the gate acted on.")
+    params: ShotParams = Field(description="The shot's parameters with this take's seed.")
+    references: list[ImageRef] = Field(min_length=1, max_length=20)
 
 
 class CharacterCompleted(Event):
@@ -356,6 +393,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ShotStored,
     ShotScored,
     ShotFailed,
+    RetakeShot,
     CharacterCompleted,
     HumanVoteCast,
     ProviderWebhookReceived,

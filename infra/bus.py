@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -11,7 +12,8 @@ from typing import Any, cast
 
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, NatsRouter, PullSub
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import BadRequestError
 
 from contracts import STREAM_NAME, STREAM_SUBJECTS, Event
@@ -19,10 +21,14 @@ from infra.dead_letters import MAX_DELIVER, REDRIVE_HEADER, DeadLetterMiddleware
 from infra.dead_letters import backoff_s as backoff_s  # re-exported: services import it from the bus
 from infra.delivery import Publish
 from infra.metrics import record_handled
+from infra.settings import StreamRetention
+from infra.stream_order import StreamOrder
+from infra.tracing import ConsumerSpans, mark_failed, mark_retried, trace_headers
 
 log = logging.getLogger(__name__)
 
-# Retention: events are the history operators replay from, so keep them a while.
+# Retention: events are the history operators replay from, so keep them a while. The default; the services
+# declare the stream with LIKENESS_STREAM_MAX_AGE_DAYS and LIKENESS_STREAM_MAX_BYTES (infra.settings).
 STREAM_MAX_AGE_S = 30 * 24 * 3600
 # Publishes carrying a Nats-Msg-Id seen within this window are stored once.
 DUPLICATE_WINDOW_S = 2 * 60
@@ -53,8 +59,36 @@ def create_broker(nats_url: str, *, name: str, dead_letters: DeadLetterMiddlewar
         graceful_timeout=15.0,
         logger=log,
         log_level=logging.DEBUG,
-        middlewares=() if dead_letters is None else (dead_letters,),
+        # outermost first: each message's CONSUMER span (infra.tracing) around the dead-letter handling
+        middlewares=(ConsumerSpans(name),) if dead_letters is None else (ConsumerSpans(name), dead_letters),
     )
+
+
+# A consumer group's durables are named <durable>--<group> (NATS durable names may not hold a dot).
+GROUP_SEPARATOR = "--"
+_consumer_group = ""  # set by Runtime.__init__ (use_consumer_group) before its routers are built
+# (durable, subject) of every durable consumer this process declared, by consumer group ("": none)
+GROUP_DURABLES: dict[str, dict[str, str]] = {}
+STREAM_ORDER: dict[str, StreamOrder] = {}  # by consumer group, once its runtime declared the stream
+
+
+def use_consumer_group(group: str) -> None:
+    """Name the durables that routers built from now on declare after `group` ("": the service's own)."""
+    global _consumer_group
+    _consumer_group = group
+
+
+def keep_stream_order(group: str, js: JetStreamContext) -> None:
+    """Make this process's consumers of `group` handle messages in stream order (infra.stream_order)."""
+    STREAM_ORDER[group] = StreamOrder(js, GROUP_DURABLES.setdefault(group, {}))
+
+
+def grouped(durable: str, group: str) -> str:
+    return f"{durable}{GROUP_SEPARATOR}{group}" if group else durable
+
+
+def group_of(durable: str) -> str:
+    return durable.rsplit(GROUP_SEPARATOR, 1)[1] if GROUP_SEPARATOR in durable else ""
 
 
 def consumer(
@@ -72,8 +106,12 @@ def consumer(
 
     `deliver_policy` applies when the consumer is created (first start); later starts resume it.
     After `max_deliver` deliveries a failing message is dead-lettered (infra.dead_letters).
+    Under a consumer group (LIKENESS_CONSUMER_GROUP) the durable is `<durable>--<group>`.
     """
+    title = title or f"{durable}:{event.event_type()}"
+    durable = grouped(durable, _consumer_group)
     MAX_DELIVER[durable] = max_deliver
+    GROUP_DURABLES.setdefault(_consumer_group, {})[durable] = event.subject
     return {
         **extra,
         "subject": event.subject,
@@ -87,7 +125,7 @@ def consumer(
             deliver_policy=deliver_policy,
         ),
         "ack_policy": AckPolicy.MANUAL,
-        "title": title or f"{durable}:{event.event_type()}",
+        "title": title,
         "description": event.__doc__,
     }
 
@@ -106,13 +144,16 @@ def subscribe(
 
 
 def relay_publisher(broker: NatsBroker) -> Publish:
-    """How outbox relays publish: JSON bytes, Nats-Msg-Id for dedup, waiting for the stream's ack."""
+    """How outbox relays publish: JSON bytes, Nats-Msg-Id for dedup, waiting for the stream's ack.
+
+    The current trace context goes along as `traceparent`, unless `headers` bring their own (an outbox row's).
+    """
 
     async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
         await broker.publish(
             payload,
             subject,
-            headers={**headers, "content-type": "application/json"},
+            headers={**trace_headers(), **headers, "content-type": "application/json"},
             stream=STREAM_NAME,
             timeout=5.0,
         )
@@ -125,14 +166,26 @@ async def publish_event(broker: NatsBroker, event: Event) -> None:
     await relay_publisher(broker)(event.subject, event.model_dump_json().encode(), {"Nats-Msg-Id": str(event.event_id)})
 
 
-async def declare_stream(broker: NatsBroker) -> None:
+def stream_config(*, max_age_days: float | None = None, max_bytes: int | None = None) -> StreamConfig:
+    """The stream's configuration; retention not given is read from LIKENESS_STREAM_MAX_AGE_DAYS/_MAX_BYTES."""
+    if max_age_days is None or max_bytes is None:
+        retention = StreamRetention()
+        max_age_days = retention.max_age_days if max_age_days is None else max_age_days
+        max_bytes = retention.max_bytes if max_bytes is None else max_bytes
+    return dataclasses.replace(STREAM.config, max_age=max_age_days * 86400, max_bytes=max_bytes)
+
+
+async def declare_stream(
+    broker: NatsBroker, *, max_age_days: float | None = None, max_bytes: int | None = None
+) -> None:
     """Create or update the one stream (idempotent); every service calls it before publishing."""
     js = broker.config.connection_state.stream
+    config = stream_config(max_age_days=max_age_days, max_bytes=max_bytes)
     try:
-        await js.add_stream(config=STREAM.config, subjects=list(STREAM_SUBJECTS))
+        await js.add_stream(config=config, subjects=list(STREAM_SUBJECTS))
     except BadRequestError:
-        await js.update_stream(config=STREAM.config, subjects=list(STREAM_SUBJECTS))
-    log.info("stream %s ready", STREAM_NAME)
+        await js.update_stream(config=config, subjects=list(STREAM_SUBJECTS))
+    log.info("stream %s ready (max age %s s, max bytes %s)", STREAM_NAME, config.max_age, config.max_bytes)
 
 
 async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
@@ -152,6 +205,9 @@ async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
         return
     delivered = delivery_count(msg)
     consumer_name = raw.metadata.consumer or "?"
+    order = STREAM_ORDER.get(group_of(consumer_name))
+    if order is not None:  # a consumer group reads history: earlier messages of its other consumers go first
+        await order.wait_turn(consumer_name, raw.metadata.sequence.stream, raw.in_progress)
     last = delivered >= MAX_DELIVER.get(consumer_name, delivered + 1)
     started = time.monotonic()
     context = {
@@ -163,6 +219,7 @@ async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
     try:
         await work
     except RetryLater as retry:
+        mark_retried(str(retry))
         if last:
             raise GiveUp(f"still retrying after {delivered} deliveries: {retry}") from retry
         log.info("retrying later: %s", retry, extra=context)
@@ -172,6 +229,7 @@ async def settle(msg: NatsMessage, event: Event, work: Awaitable[None]) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as error:
+        mark_failed(error)
         if last:
             log.exception("handler failed on the last delivery (%d)", delivered, extra=context)
             raise GiveUp(f"{type(error).__name__}: {error}") from error

@@ -13,8 +13,10 @@ from rich.console import Console
 from infra.cli_budgets import app as budgets_app
 from infra.cli_dlq import app as dlq_app
 from infra.cli_keys import app as keys_app
+from infra.cli_replay import replay as replay_command
 from infra.cli_report import report as report_command
 from infra.cli_status import status as status_command
+from infra.cli_trace import trace as trace_command
 
 app = typer.Typer(help="Likeness: consistent character identity across AI-generated shots.", no_args_is_help=True)
 # Piped or captured output has no terminal width to follow; a results table needs room.
@@ -242,6 +244,8 @@ app.add_typer(budgets_app, name="budgets")
 app.add_typer(dlq_app, name="dlq")
 app.command("report")(report_command)
 app.command("status")(status_command)
+app.command("replay")(replay_command)
+app.command("trace")(trace_command)
 
 if __name__ == "__main__":
     app()

@@ -30,6 +30,7 @@ from contracts import MessageDeadLettered
 from infra.delivery import Publish
 from infra.logs import bind_message_ids
 from infra.metrics import record_handled
+from infra.tracing import mark_failed
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class _Handling(BaseMiddleware):
             self.ids.close()
 
     async def _failed(self, msg: Msg, error: Exception) -> bool:
+        mark_failed(error)  # on the message's CONSUMER span (infra.tracing)
         delivered, max_deliver = deliveries_of(msg)
         consumer = msg.metadata.consumer or "?"
         reason = str(error) if isinstance(error, GiveUp) else f"{type(error).__name__}: {error}"

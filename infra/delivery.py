@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import asyncpg
 
 from contracts import Event
 from infra.db import DbConnection
+from infra.tracing import trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,14 @@ async def is_processed(pool: asyncpg.Pool, consumer: str, event_id: UUID) -> boo
 
 
 async def add_to_outbox(conn: DbConnection, service: str, events: list[Event]) -> None:
+    """Write `events` to the outbox with the current trace context (`traceparent`), which the relay sends."""
     if not events:
         return
+    headers = json.dumps(trace_headers())
     await conn.executemany(
-        """INSERT INTO messaging.outbox (event_id, service, subject, payload)
-           VALUES ($1, $2, $3, $4::text::jsonb) ON CONFLICT (event_id) DO NOTHING""",
-        [(e.event_id, service, e.subject, e.model_dump_json()) for e in events],
+        """INSERT INTO messaging.outbox (event_id, service, subject, payload, headers)
+           VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb) ON CONFLICT (event_id) DO NOTHING""",
+        [(e.event_id, service, e.subject, e.model_dump_json(), headers) for e in events],
     )
 
 
@@ -60,13 +64,24 @@ class OutboxRelay:
     """Publishes a service's committed outbox rows, in order, then marks them published.
 
     Replicas share the table safely: rows are locked with SKIP LOCKED while being published.
+    With `discard` (LIKENESS_OUTBOX_MODE=discard) rows are marked published without being sent: an instance
+    rebuilding its records from the stream's history does not announce that history a second time.
     """
 
-    def __init__(self, pool: asyncpg.Pool, service: str, publish: Publish, *, idle_poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        service: str,
+        publish: Publish,
+        *,
+        idle_poll_s: float = 0.5,
+        discard: bool = False,
+    ) -> None:
         self._pool = pool
         self._service = service
         self._publish = publish
         self._idle_poll_s = idle_poll_s
+        self._discard = discard
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -87,14 +102,16 @@ class OutboxRelay:
     async def drain_once(self, limit: int = 100) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """SELECT seq, event_id, subject, payload::text AS payload FROM messaging.outbox
+                """SELECT seq, event_id, subject, payload::text AS payload, headers::text AS headers
+                   FROM messaging.outbox
                    WHERE service=$1 AND published_at IS NULL
                    ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED""",
                 self._service,
                 limit,
             )
-            for row in rows:
-                await self._publish(row["subject"], row["payload"].encode(), {"Nats-Msg-Id": str(row["event_id"])})
+            for row in [] if self._discard else rows:
+                headers = {**json.loads(row["headers"]), "Nats-Msg-Id": str(row["event_id"])}  # trace headers
+                await self._publish(row["subject"], row["payload"].encode(), headers)
             if rows:
                 await conn.execute(
                     "UPDATE messaging.outbox SET published_at=now() WHERE seq = ANY($1::bigint[])",
@@ -122,13 +139,16 @@ class OutboxRelay:
 class Delivery:
     """What a service's subscribers use to process one message exactly once."""
 
-    def __init__(self, pool: asyncpg.Pool, service: str, relay: OutboxRelay) -> None:
+    def __init__(self, pool: asyncpg.Pool, service: str, relay: OutboxRelay, *, group: str = "") -> None:
         self.pool = pool
         self.service = service
         self.relay = relay
+        self.group = group
 
     def consumer(self, name: str) -> str:
-        return f"{self.service}.{name}"
+        """The claim key in messaging.processed_events; a consumer group (LIKENESS_CONSUMER_GROUP) has its own
+        claims, so its consumers process again what the service's own consumers already did."""
+        return f"{self.service}.{name}--{self.group}" if self.group else f"{self.service}.{name}"
 
     @contextlib.asynccontextmanager
     async def unit_of_work(self, event: Event, consumer: str) -> AsyncIterator[Work]:

@@ -2,6 +2,7 @@
 
 While a message is handled, `bind_message_ids` puts its event id and correlation id (the character)
 in a context variable, so every line logged on the way carries them without passing them around.
+While a trace span is current (infra/tracing.py), lines carry its `trace_id` and `span_id` too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+from opentelemetry import trace
 
 _message_ids: ContextVar[dict[str, str]] = ContextVar("likeness_message_ids", default={})  # noqa: B039 - never mutated
 
@@ -49,6 +52,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(_message_ids.get())
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"], entry["span_id"] = f"{span.trace_id:032x}", f"{span.span_id:016x}"
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)

@@ -116,6 +116,27 @@ HTTP_REQUEST_SECONDS: Final = Histogram(
     buckets=_HTTP_BUCKETS,
     registry=REGISTRY,
 )
+REGENERATIONS: Final = Counter(
+    "likeness_regenerations",
+    "Retakes the consistency gate asked for, by the provider to make them and why: regenerate (the shot's own "
+    "provider, a new seed) or fallback. Counted by storage once each is recorded.",
+    ["provider", "reason"],
+    registry=REGISTRY,
+)
+# A provider's circuit breaker in this process (services/provider_adapter/breaker.py): replicas keep their own.
+BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
+BREAKER_STATE: Final = Gauge(
+    "likeness_breaker_state",
+    "Each provider's circuit breaker in this provider adapter process: 0 closed, 1 half-open, 2 open.",
+    ["provider"],
+    registry=REGISTRY,
+)
+BREAKER_REROUTED: Final = Counter(
+    "likeness_breaker_rerouted",
+    "New shots sent to a fallback provider (or held back) because their provider's breaker was open.",
+    ["provider", "to"],
+    registry=REGISTRY,
+)
 
 _UNBOUND: Final = "unknown"
 _process_service = _UNBOUND
@@ -168,6 +189,19 @@ def record_provider_cost(provider: str, usd: float) -> None:
         PROVIDER_COST.labels(provider=provider).inc(usd)
     else:
         PROVIDER_COST.labels(provider=provider)  # shows the provider at 0 rather than not at all
+
+
+def record_regeneration(provider: str, reason: str) -> None:
+    REGENERATIONS.labels(provider=provider, reason=reason).inc()
+
+
+def record_breaker_state(provider: str, state: str) -> None:
+    BREAKER_STATE.labels(provider=provider).set(BREAKER_STATES[state])
+
+
+def record_breaker_reroute(provider: str, to: str) -> None:
+    """`to`: the fallback provider, or "waiting" when there is none and the shot waits out the cool-down."""
+    BREAKER_REROUTED.labels(provider=provider, to=to).inc()
 
 
 def record_scoring(seconds: float) -> None:

@@ -33,7 +33,11 @@ class ServiceProcess:
 
 
 class ServiceSet:
-    """Runs `python -m services.<name>` children with the stack's environment plus `env`."""
+    """Runs `python -m services.<name>` children with the stack's environment plus `env`.
+
+    Each writes its log to `<data dir>/logs/<name>.log` and its trace spans to `<data dir>/traces/<name>.jsonl`
+    (`likeness trace` reads them; `env` may name another LIKENESS_TRACE_FILE).
+    """
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
         self.data_dir = data_dir
@@ -46,7 +50,14 @@ class ServiceSet:
         ready_file = self.data_dir / "run" / f"{name}.ready"
         ready_file.unlink(missing_ok=True)
         log_path = self.data_dir / "logs" / f"{name}.log"
-        env = {**os.environ, **self.env, "LIKENESS_READY_FILE": str(ready_file), "PYTHONUNBUFFERED": "1"}
+        trace_file = self.data_dir / "traces" / f"{name}.jsonl"
+        env = {
+            **os.environ,
+            "LIKENESS_TRACE_FILE": str(trace_file),
+            **self.env,
+            "LIKENESS_READY_FILE": str(ready_file),
+            "PYTHONUNBUFFERED": "1",
+        }
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],

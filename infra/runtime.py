@@ -17,8 +17,9 @@ import asyncpg
 from faststream import FastStream
 from faststream.nats import NatsBroker, NatsRouter
 from faststream.specification import AsyncAPI
+from opentelemetry.sdk.trace import TracerProvider
 
-from infra.bus import create_broker, declare_stream, relay_publisher
+from infra.bus import create_broker, declare_stream, keep_stream_order, relay_publisher, use_consumer_group
 from infra.db import create_pool, migrate_service
 from infra.dead_letters import DeadLetterMiddleware
 from infra.delivery import Delivery, OutboxRelay
@@ -35,6 +36,7 @@ from infra.observability import (
     write_ready_file,
 )
 from infra.settings import InfraSettings
+from infra.tracing import start_tracing, stop_tracing
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class Runtime:
         self.service = service
         self.settings = settings
         self.migrations = migrations
+        # routers built from this runtime (after it) declare <durable>--<group> under a consumer group
+        use_consumer_group(settings.consumer_group)
         dead_letters = DeadLetterMiddleware(
             service,
             lambda: self.pool,
@@ -52,6 +56,7 @@ class Runtime:
         self.broker: NatsBroker = create_broker(settings.nats_url, name=service, dead_letters=dead_letters)
         self._pool: asyncpg.Pool | None = None
         self._delivery: Delivery | None = None
+        self._tracing: TracerProvider | None = None
         self.store = ObjectStore.from_settings(settings)
         self.consuming = False  # set once the broker's subscribers run, cleared when shutdown begins
         readiness = Readiness(
@@ -79,21 +84,31 @@ class Runtime:
         return self._delivery
 
     async def open(self) -> None:
+        self._tracing = start_tracing(self.service, self.settings.trace_file)  # spans of consumed messages
         self._pool = await create_pool(self.settings.database_url.get_secret_value())
         await migrate_service(self._pool, self.service, self.migrations)
         await self.store.ensure_bucket()
-        relay = OutboxRelay(self._pool, self.service, relay_publisher(self.broker))
-        self._delivery = Delivery(self._pool, self.service, relay)
+        relay = OutboxRelay(
+            self._pool, self.service, relay_publisher(self.broker), discard=self.settings.outbox_mode == "discard"
+        )
+        self._delivery = Delivery(self._pool, self.service, relay, group=self.settings.consumer_group)
 
     async def declare_stream(self) -> None:
         await self.broker.connect()
-        await declare_stream(self.broker)
+        await declare_stream(
+            self.broker, max_age_days=self.settings.stream_max_age_days, max_bytes=self.settings.stream_max_bytes
+        )
+        if self.settings.consumer_group:  # a group reads history: its consumers keep the stream's order
+            keep_stream_order(self.settings.consumer_group, self.broker.config.connection_state.stream)
 
     async def close(self) -> None:
         if self._delivery is not None:
             await self._delivery.relay.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self._tracing is not None:
+            stop_tracing(self.service, self._tracing)  # writes the spans still buffered
+            self._tracing = None
 
 
 def worker_app(

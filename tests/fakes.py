@@ -7,6 +7,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -22,13 +23,15 @@ from contracts import (
     IdentityReady,
     ImageRef,
     ShotGenerated,
+    ShotParams,
     ShotRequested,
     ShotScored,
 )
 from contracts.values import FaceNote
 from services.provider_adapter.ports import IdentityRecord, ReferenceImage
 from services.scoring.ports import FaceCandidate, FaceObservation
-from services.storage.ports import CharacterRecord, MonthSpend, ShotCounts
+from services.storage.gate import NextTake
+from services.storage.ports import CharacterRecord, MonthSpend, ShotCounts, ShotState
 
 
 def image_ref(tenant: str = "studio", seed: int = 0) -> ImageRef:
@@ -91,6 +94,7 @@ class FakeRecords:
     month: str = "2026-11"  # the calendar month (UTC) costs are recorded in now
     costs: dict[UUID, tuple[str, str, float, bool]] = field(default_factory=dict)  # shot/character id -> cost
     cost_alerts: dict[tuple[str, str, int], CostAlert] = field(default_factory=dict)
+    takes: dict[tuple[UUID, int], dict[str, Any]] = field(default_factory=dict)  # (shot id, take) -> the take
 
     async def add_character(self, event: CharacterRequested) -> None:
         self.characters.setdefault(
@@ -128,7 +132,13 @@ class FakeRecords:
                 "tenant_id": event.tenant_id,
                 "status": "requested",
                 "prompt": event.params.prompt,
+                "params": event.params,
+                "take": 1,
             },
+        )
+        self.takes.setdefault(
+            (event.shot_id, 1),
+            {"status": "requested", "provider": provider, "seed": event.params.seed, "reason": "first"},
         )
 
     async def shot_tenant(self, shot_id: UUID) -> str | None:
@@ -144,28 +154,61 @@ class FakeRecords:
         return shot_id in self.shots
 
     async def mark_shot_stored(self, event: ShotGenerated) -> str | None:
+        take = self.takes.get((event.shot_id, event.take))
+        if take is not None and take["status"] in ("requested", "stored"):
+            take.update(status="stored", provider=event.provider, cost_usd=event.cost_usd)
         shot = self.shots.get(event.shot_id)
-        if shot is None or shot["status"] not in ("requested", "stored"):
+        if shot is None or shot["status"] not in ("requested", "stored") or shot["take"] != event.take:
             return None
         shot["status"] = "stored"
-        self.costs[event.shot_id] = (shot["tenant_id"], self.month, event.cost_usd, event.simulation is not None)
+        self.costs[event.shot_id if event.take == 1 else uuid.uuid5(event.shot_id, str(event.take))] = (
+            shot["tenant_id"],
+            self.month,
+            event.cost_usd,
+            event.simulation is not None,
+        )
         return str(shot["prompt"])
 
     async def add_score(self, event: ShotScored) -> bool:
-        if all(
-            (kept.shot_id, kept.score.scorer_key) != (event.shot_id, event.score.scorer_key) for kept in self.scores
-        ):
+        key = (event.shot_id, event.take, event.score.scorer_key)
+        if all((kept.shot_id, kept.take, kept.score.scorer_key) != key for kept in self.scores):
             self.scores.append(event)
-        shot = self.shots[event.shot_id]
-        first = shot["status"] not in ("scored", "failed")
-        if shot["status"] != "failed":
-            shot["status"] = "scored"
-            shot["verdict"] = event.score.verdict
-        return first
+        take = self.takes.setdefault((event.shot_id, event.take), {"status": "stored"})
+        if take["status"] in ("scored", "failed"):
+            return False
+        take.update(status="scored", verdict=event.score.verdict)
+        return True
 
-    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None:
-        if shot_id in self.shots and self.shots[shot_id]["status"] != "scored":
-            self.shots[shot_id]["status"] = "failed"
+    async def shot_state(self, shot_id: UUID) -> ShotState | None:
+        shot = self.shots.get(shot_id)
+        if shot is None:
+            return None
+        params = shot.get("params") or ShotParams(prompt=str(shot["prompt"]))
+        return ShotState(shot_id, int(shot.get("take", 1)), str(shot["status"]), params)
+
+    async def begin_take(self, shot_id: UUID, next_take: NextTake, requested_at: datetime) -> None:
+        self.takes.setdefault(
+            (shot_id, next_take.take),
+            {"status": "requested", "provider": next_take.provider, "seed": next_take.seed, "reason": next_take.reason},
+        )
+        shot = self.shots[shot_id]
+        if shot.get("take", 1) < next_take.take:
+            shot.update(take=next_take.take, status="requested")
+
+    async def finish_shot(self, shot_id: UUID, take: int, finished_at: datetime) -> bool:
+        shot = self.shots[shot_id]
+        if shot.get("take", 1) != take or shot["status"] in ("scored", "failed"):
+            return False
+        shot.update(status="scored", verdict=self.takes[(shot_id, take)].get("verdict"))
+        return True
+
+    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str, take: int = 1) -> None:
+        kept = self.takes.get((shot_id, take))
+        if kept is not None and kept["status"] != "scored":
+            kept.update(status="failed", failure=reason)
+        shot = self.shots.get(shot_id)
+        if shot is not None and shot["status"] != "scored" and shot.get("take", 1) == take:
+            shot["status"] = "failed"
 
     async def shot_counts(self, character_id: UUID) -> ShotCounts:
         mine = [s for s in self.shots.values() if s["character_id"] == character_id]

@@ -24,29 +24,30 @@ async def generate(
 
 
 class InMemoryShotJobs:
-    """`ports.ShotJobs` in memory, with the table's rule: one job per shot and submission."""
+    """`ports.ShotJobs` in memory, with the table's rule: one job per shot, take and submission."""
 
     def __init__(self) -> None:
-        self.jobs: dict[tuple[UUID, int], ShotJob] = {}
+        self.jobs: dict[tuple[UUID, int, int], ShotJob] = {}
         self.refused_records: list[ShotJob] = []
 
-    async def latest(self, shot_id: UUID) -> ShotJob | None:
-        found = [job for (shot, _), job in self.jobs.items() if shot == shot_id]
+    async def latest(self, shot_id: UUID, take: int = 1) -> ShotJob | None:
+        found = [job for (shot, job_take, _), job in self.jobs.items() if (shot, job_take) == (shot_id, take)]
         return max(found, key=lambda job: job.attempt, default=None)
 
     async def record(self, job: ShotJob, tenant_id: str) -> bool:
-        if (job.shot_id, job.attempt) in self.jobs:
+        if (job.shot_id, job.take, job.attempt) in self.jobs:
             self.refused_records.append(job)
             return False
-        self.jobs[(job.shot_id, job.attempt)] = job
+        self.jobs[(job.shot_id, job.take, job.attempt)] = job
         return True
 
     async def settle(
         self, shot_id: UUID, attempt: int, job_id: str, outcome: ShotJobOutcome, failure: str | None = None
     ) -> None:
-        job = self.jobs.get((shot_id, attempt))
-        if job is not None and job.job_id == job_id:
-            self.jobs[(shot_id, attempt)] = replace(job, outcome=outcome, failure=failure)
+        for key, job in self.jobs.items():
+            if (job.shot_id, job.attempt, job.job_id) == (shot_id, attempt, job_id):
+                self.jobs[key] = replace(job, outcome=outcome, failure=failure)
 
     def of(self, shot_id: UUID) -> list[ShotJob]:
-        return sorted((job for (shot, _), job in self.jobs.items() if shot == shot_id), key=lambda job: job.attempt)
+        mine = (job for (shot, _, _), job in self.jobs.items() if shot == shot_id)
+        return sorted(mine, key=lambda job: (job.take, job.attempt))

@@ -13,6 +13,7 @@ STRATEGIES = ("instant_reference", "lora", "fine_tune")
 SHOT_STATUSES = ("requested", "stored", "scored", "failed")
 VERDICTS = ("same", "uncertain", "different", "no_face")
 IDENTITY_STATES = ("pending", "ready", "failed")
+TAKE_REASONS = ("first", "regenerate", "fallback")
 
 
 def _check_choice(field: str, value: str | None, choices: tuple[str, ...], *, optional: bool = False) -> None:
@@ -33,7 +34,10 @@ def _check_number(field: str, value: float | None, *, non_negative: bool) -> Non
 
 @dataclass(frozen=True)
 class ShotFact:
-    """One requested shot. Figures a shot does not have yet (not scored, failed, no face) are None."""
+    """One take of a requested shot: its first, or one of the consistency gate's retakes (`take_reason`
+    `regenerate` with the shot's own provider, `fallback` with the policy's). Each take is a shot its provider
+    generated (and was paid for); `final` marks the take that is the shot's result. Figures a take does not
+    have yet (not scored, failed, no face) are None."""
 
     character_id: str
     provider: str
@@ -48,10 +52,17 @@ class ShotFact:
     latency_ms: float | None  # provider inference time
     cost_usd: float | None
     simulated: bool
+    shot_id: str = ""  # the shot the take belongs to ("" where not known)
+    take: int = 1
+    take_reason: str = "first"  # first | regenerate | fallback
+    final: bool = True  # the shot's final take (its result); False for a take the gate replaced, or still open
 
     def __post_init__(self) -> None:
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("status", self.status, SHOT_STATUSES)
+        _check_choice("take_reason", self.take_reason, TAKE_REASONS)
+        if self.take < 1:
+            raise ValueError(f"take must be 1 or more, not {self.take!r}")
         _check_choice("verdict", self.verdict, VERDICTS, optional=True)
         if (self.status == "scored") != (self.verdict is not None):
             raise ValueError(

@@ -101,7 +101,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "latency_n", "latency_p50_ms", "latency_p95_ms",
     "identities", "identities_ready", "identities_failed", "training_n", "training_mean_s",
     "cost_per_shot_usd", "shot_cost_total_usd", "cost_per_identity_usd",
-    "failures", "simulated", "note",
+    "failures", "simulated", "takes_regenerated", "takes_fallback", "rescued_by_fallback", "note",
 )  # fmt: skip
 COMPARISON_COLUMNS: tuple[str, ...] = (*(field.name for field in dataclasses.fields(Comparison)), "note")
 CRITERIA = ("consistency", "training_time", "inference_latency", "cost", "integration_effort", "browser_compatibility")

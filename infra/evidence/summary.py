@@ -49,6 +49,23 @@ class GroupSummary:
     cost_per_identity_usd: float | None  # mean over identities with a cost
     failures: int  # shots_failed + identities_failed
     simulated: bool  # some fact in the group came from the simulator or a fake provider
+    # The consistency gate: every take is one of the group's shots (above); these say which were retakes.
+    takes_regenerated: int = 0  # takes made again with this provider and a new seed
+    takes_fallback: int = 0  # takes this provider made as another provider's fallback
+    rescued_by_fallback: int = 0  # of those, the ones judged "same"
+
+
+@dataclass(frozen=True)
+class GateSummary:
+    """What the consistency gate did over a set of shots (each shot counted once, by its takes)."""
+
+    shots: int  # distinct shots
+    takes: int  # every take, first takes included
+    shots_regenerated: int  # shots with at least one retake (regenerated or fallback)
+    takes_regenerated: int
+    takes_fallback: int
+    rescued_by_fallback: int  # shots whose final take is a fallback take judged "same"
+    rescued_by_regeneration: int  # shots whose final take is a regeneration judged "same"
 
 
 def _key(fact: ShotFact | IdentityFact, by: tuple[str, ...]) -> tuple[str, str | None, str | None]:
@@ -109,6 +126,26 @@ def _summarise_group(
         cost_per_identity_usd=_mean(identity_costs),
         failures=failed + identities_failed,
         simulated=any(fact.simulated for fact in facts),
+        takes_regenerated=sum(shot.take_reason == "regenerate" for shot in shots),
+        takes_fallback=sum(shot.take_reason == "fallback" for shot in shots),
+        rescued_by_fallback=sum(shot.take_reason == "fallback" and shot.verdict == "same" for shot in shots),
+    )
+
+
+def gate_summary(takes: Iterable[ShotFact]) -> GateSummary:
+    """Shots counted once each (by `shot_id`), takes counted all; a rescue is a shot whose final take is a retake
+    judged "same"."""
+    facts = list(takes)
+    retaken = {fact.shot_id for fact in facts if fact.take > 1}
+    finals = [fact for fact in facts if fact.final and fact.take > 1 and fact.verdict == "same"]
+    return GateSummary(
+        shots=len({fact.shot_id for fact in facts}),
+        takes=len(facts),
+        shots_regenerated=len(retaken),
+        takes_regenerated=sum(fact.take_reason == "regenerate" for fact in facts),
+        takes_fallback=sum(fact.take_reason == "fallback" for fact in facts),
+        rescued_by_fallback=sum(fact.take_reason == "fallback" for fact in finals),
+        rescued_by_regeneration=sum(fact.take_reason == "regenerate" for fact in finals),
     )
 
 

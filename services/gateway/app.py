@@ -13,6 +13,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.routing import Mount
 
 from contracts import STREAM_NAME
@@ -22,6 +23,7 @@ from infra.metrics import bind_service, exposition, record_http
 from infra.objects import ObjectStore
 from infra.observability import Readiness, consumer_gauges, database_check, nats_check, write_ready_file
 from infra.settings import InfraSettings
+from infra.tracing import context_from, start_tracing, stop_tracing, tracer
 from infra.webhooks.fal import FalKeys
 from services.gateway.adapters.api_keys import PostgresApiKeys, migrate_gateway
 from services.gateway.adapters.callbacks import PostgresCallbacks
@@ -63,6 +65,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bind_service("gateway")
+        tracing = start_tracing("gateway", infra.trace_file)  # each request's SERVER span (trace_requests)
         pool = await create_pool(infra.database_url.get_secret_value(), max_size=10)
         await migrate_gateway(pool)
         api_keys = PostgresApiKeys(pool)
@@ -109,6 +112,7 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
             await pool.close()
             await jwks_client.aclose()
             await reference_client.aclose()
+            stop_tracing("gateway", tracing)
 
     app = FastAPI(
         title="Likeness",
@@ -143,6 +147,25 @@ def create_app(infra: InfraSettings, settings: GatewaySettings) -> FastAPI:
             response.headers["X-Content-Type-Options"] = "nosniff"
             response.headers["Referrer-Policy"] = "no-referrer"
         return response
+
+    @app.middleware("http")  # a SERVER span per request: the events a request publishes carry its trace
+    async def trace_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        with tracer("gateway").start_as_current_span(
+            f"{request.method} {request.url.path}",
+            context=context_from(request.headers),  # an app may send its own traceparent
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.url.path},
+        ) as span:
+            response = await call_next(request)
+            template = route_template(request)
+            span.update_name(f"{request.method} {template}")
+            span.set_attribute("http.route", template)
+            span.set_attribute("http.response.status_code", response.status_code)
+            if "character_id" in request.path_params:
+                span.set_attribute("likeness.character_id", str(request.path_params["character_id"]))
+            if response.status_code >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            return response
 
     @app.middleware("http")  # outermost: counts what the other middlewares refuse too
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ with any provider; fal-flux-lora trains a LoRA whatever it was told), else the c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 from uuid import UUID
@@ -22,7 +23,7 @@ from infra.evidence.facts import IdentityFact, ShotFact
 from infra.evidence.render import report_csv, report_json
 from infra.evidence.scorecard import ScorecardRow, score_providers
 from infra.evidence.stats import Comparison, compare_providers
-from infra.evidence.summary import GroupSummary, summarize
+from infra.evidence.summary import GroupSummary, gate_summary, summarize
 from services.gateway.auth import Tenant
 from services.gateway.deps import Gateway
 from services.gateway.settings import GatewaySettings
@@ -71,6 +72,10 @@ def shot_facts(rows: Sequence[asyncpg.Record]) -> list[ShotFact]:
             latency_ms=row["latency_ms"],
             cost_usd=row["cost_usd"],
             simulated=row["simulated"],
+            shot_id=str(row["shot_id"]),
+            take=row["take"],
+            take_reason=row["take_reason"],
+            final=row["final"],
         )
         for row in rows
     ]
@@ -119,6 +124,7 @@ class Report:
         )
         self.sections["projections"] = project_costs(by_provider, characters=self.characters)
         self.sections["break-even"] = break_even(by_provider)
+        self.gate = gate_summary(shots)
 
     def json(self) -> dict[str, Any]:
         document = report_json(
@@ -130,6 +136,7 @@ class Report:
         )
         document["scenarios"] = report_json(summaries=self.sections["scenarios"])["summaries"]
         document["characters_projected"] = self.characters
+        document["gate"] = dataclasses.asdict(self.gate)
         return document
 
     def csv(self, section: str) -> str:

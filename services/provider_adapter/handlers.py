@@ -18,6 +18,7 @@ from contracts import (
     ImageRef,
     ProviderWebhookReceived,
     ReferencesStored,
+    RetakeShot,
     ShotFailed,
     ShotGenerated,
     ShotRequested,
@@ -82,15 +83,66 @@ def generate_command(shot: ShotRequested, identity: IdentityRecord, cause: Event
     )
 
 
-def shot_failed(shot: ShotRequested | GenerateShot, cause: Event, stage: FailureStage, reason: str) -> ShotFailed:
+def shot_failed(
+    shot: ShotRequested | GenerateShot | RetakeShot, cause: Event, stage: FailureStage, reason: str
+) -> ShotFailed:
+    take = 1 if isinstance(shot, ShotRequested) else shot.take
     return ShotFailed.follow(
         cause,
-        key=str(shot.shot_id),
+        key=str(shot.shot_id) if take == 1 else f"{shot.shot_id}:{take}",
         shot_id=shot.shot_id,
         character_id=shot.character_id,
         stage=stage,
         reason=reason,
+        take=take,
     )
+
+
+# Providers whose identity is the reference photos themselves (no training, ready at once, no cost): the only
+# ones a fallback may name, since a fallback identity is built on the spot from the character's references.
+INSTANT_REFERENCE_PROVIDERS = frozenset(
+    {
+        "sim",
+        "fal-instant-character",
+        "fal-flux-redux",
+        "leonardo-character-reference",
+        "comfyui-ipadapter",
+        "comfyui-instantid",
+        "comfyui-reference-only",
+    }
+)
+
+
+def generate_take(retake: RetakeShot, identity_ref: str) -> GenerateShot:
+    """The GenerateShot for one of the consistency gate's retakes (its id derived from the retake)."""
+    return GenerateShot.follow(
+        retake,
+        key=f"{retake.shot_id}:{retake.take}",
+        shot_id=retake.shot_id,
+        character_id=retake.character_id,
+        provider=retake.provider,
+        identity_ref=identity_ref,
+        params=retake.params,
+        references=retake.references,
+        take=retake.take,
+    )
+
+
+def retake_with_own_identity(retake: RetakeShot, identity: IdentityRecord) -> Event:
+    """A regeneration uses the character's own identity; a take it cannot make fails (the shot with it)."""
+    if identity.status != "ready" or identity.identity_ref is None or identity.provider != retake.provider:
+        reason = f"no ready {retake.provider} identity for take {retake.take} (identity: {identity.status})"
+        return shot_failed(retake, retake, "generation", reason)
+    return generate_take(retake, identity.identity_ref)
+
+
+def fallback_refusal(name: str, provider: Provider | None) -> str | None:
+    """Why `name` cannot serve as a fallback here, or None when it can."""
+    if provider is None or not provider.available():
+        return f"fallback provider {name!r} is not configured here"
+    if name not in INSTANT_REFERENCE_PROVIDERS:
+        return f"fallback provider {name!r} needs training; only instant-reference providers can be fallbacks"
+    return None
 
 
 async def on_shot_requested(event: ShotRequested, *, identities: Identities) -> list[Event]:
@@ -219,7 +271,7 @@ async def generate(
     `attempt` is the command's delivery count: transient errors propagate for a later delivery until
     it reaches `max_attempts`, then the shot fails. Submissions are numbered apart (ShotJob.attempt).
     """
-    job = await jobs.latest(command.shot_id)
+    job = await jobs.latest(command.shot_id, command.take)
     if job is not None and job.outcome in ("refused", "abandoned"):  # settled for good, the event not yet sent
         return shot_failed(command, command, "generation", job.failure or "the provider job failed")
     resuming = job is not None and job.outcome in (None, "succeeded")
@@ -248,7 +300,7 @@ async def generate(
             if attempt > max_attempts:  # a crash after the last allowed failure: submit nothing more
                 return shot_failed(command, command, "generation", f"gave up after {attempt - 1} attempts")
             job_id = await provider.start_shot(request)
-            submitted = ShotJob(command.shot_id, number, provider.name, job_id, now())
+            submitted = ShotJob(command.shot_id, number, provider.name, job_id, now(), take=command.take)
             await _record(jobs, submitted, command.tenant_id)
         image = await provider.finish_shot(job_id, request, on_progress)
     except ProviderJobFailed as error:
@@ -298,7 +350,9 @@ async def _record(jobs: ShotJobs, job: ShotJob, tenant_id: str) -> None:
         )
 
 
-def shot_generated(command: GenerateShot, image: GeneratedImage, stored: ImageRef, attempt: int) -> ShotGenerated:
+def shot_generated(
+    command: GenerateShot, image: GeneratedImage, stored: ImageRef, attempt: int, rerouted_from: str | None = None
+) -> ShotGenerated:
     return ShotGenerated.follow(
         command,
         shot_id=command.shot_id,
@@ -309,6 +363,8 @@ def shot_generated(command: GenerateShot, image: GeneratedImage, stored: ImageRe
         cost_usd=image.cost_usd,
         attempts=attempt,
         simulation=image.simulation,
+        take=command.take,
+        rerouted_from=rerouted_from,
     )
 
 

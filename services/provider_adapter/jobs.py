@@ -38,17 +38,21 @@ from contracts import (
     IdentityProgress,
     ImageRef,
     ReferencesStored,
+    RetakeShot,
     ShotFailed,
     ShotRequested,
 )
 from infra.bus import RetryLater, backoff_s, delivery_count, publish_event
+from infra.metrics import record_breaker_reroute
 from infra.runtime import Runtime
 from services.provider_adapter import handlers
-from services.provider_adapter.adapters.identities import PostgresIdentities
+from services.provider_adapter.adapters.identities import PostgresFallbackIdentities, PostgresIdentities
 from services.provider_adapter.adapters.shot_jobs import PostgresShotJobs
 from services.provider_adapter.artifacts import WeightsCopier
+from services.provider_adapter.breaker import BreakerProvider, Breakers, BreakerSettings
 from services.provider_adapter.ports import (
     GeneratedImage,
+    IdentityRequest,
     IdentityStatus,
     PermanentProviderError,
     Provider,
@@ -72,6 +76,15 @@ class ProviderWork:
         self.providers = providers
         self.settings = settings
         self.weights = weights_copier(runtime, settings)
+        self.breakers = Breakers(
+            BreakerSettings(
+                failures=settings.breaker_failures,
+                window_s=settings.breaker_window_s,
+                window_min_calls=settings.breaker_window_min_calls,
+                failure_rate=settings.breaker_failure_rate,
+                cool_down_s=settings.breaker_cool_down_s,
+            )
+        )
 
     async def load_references(self, refs: list[ImageRef]) -> list[ReferenceImage]:
         return [ReferenceImage(ref=ref, data=await self.runtime.store.get(ref.key)) for ref in refs]
@@ -150,6 +163,102 @@ class ProviderWork:
             if not work.already_done:
                 work.emit(*await handlers.on_shot_requested(event, identities=PostgresIdentities(work.conn)))
 
+    async def route(self, command: GenerateShot, msg: NatsMessage) -> tuple[GenerateShot | ShotFailed, str | None]:
+        """Which provider makes this shot now: its own, or (its breaker open) the fallback; with the provider it
+        was rerouted from. A job already submitted stays where it is: it is resumed, never moved or resubmitted.
+        With the breaker open and no fallback, the shot waits out the cool-down (RetryLater)."""
+        job = await PostgresShotJobs(self.runtime.pool).latest(command.shot_id, command.take)
+        if job is not None and job.provider != command.provider:  # an earlier delivery rerouted it: stay there
+            return await self.rerouted(command, job.provider, msg), command.provider
+        if job is not None and job.outcome != "failed":  # in flight, made, or settled for good: never moved
+            return command, None
+        breaker = self.breakers[command.provider]
+        if breaker.allow():
+            return command, None
+        fallback = self.settings.fallback.get(command.provider)
+        if fallback is None or handlers.fallback_refusal(fallback, self.providers.get(fallback)) is not None:
+            record_breaker_reroute(command.provider, "waiting")
+            wait_s = max(1.0, breaker.retry_after_s())
+            raise RetryLater(f"{command.provider}'s circuit breaker is open; the shot waits {wait_s:.0f} s", wait_s)
+        log.warning("shot %s: %s's circuit breaker is open; made by %s", command.shot_id, command.provider, fallback)
+        record_breaker_reroute(command.provider, fallback)
+        return await self.rerouted(command, fallback, msg), command.provider
+
+    async def rerouted(self, command: GenerateShot, name: str, msg: NatsMessage) -> GenerateShot | ShotFailed:
+        identity = await self.fallback_identity(command, name, msg)
+        if isinstance(identity, ShotFailed):
+            return identity
+        return command.model_copy(update={"provider": name, "identity_ref": identity})
+
+    async def retake_shot(self, retake: RetakeShot, msg: NatsMessage) -> None:
+        """One of the consistency gate's retakes: with the character's own identity (a regeneration), or with an
+        identity built on the spot from its references by the fallback provider; then a GenerateShot for it."""
+        consumer = self.runtime.delivery.consumer("retake-shot")
+        if await self.runtime.delivery.is_processed(retake, consumer):
+            return
+        if retake.reason == "regenerate":
+            async with self.runtime.delivery.unit_of_work(retake, consumer) as work:
+                if not work.already_done:
+                    identity = await PostgresIdentities(work.conn).lock(retake.character_id, retake.tenant_id)
+                    work.emit(handlers.retake_with_own_identity(retake, identity))
+            return
+        outcome = await self.fallback_identity(retake, retake.provider, msg)
+        async with self.runtime.delivery.unit_of_work(retake, consumer) as work:
+            if work.already_done:
+                return
+            if isinstance(outcome, ShotFailed):
+                work.emit(outcome)
+            else:
+                work.emit(handlers.generate_take(retake, outcome))
+
+    async def fallback_identity(
+        self, retake: RetakeShot | GenerateShot, name: str, msg: NatsMessage
+    ) -> str | ShotFailed:
+        """The character's identity with the (instant-reference) provider `name`: saved, or built now.
+
+        The job id is saved before waiting, as for every identity; instant-reference identities cost nothing
+        and are ready at once (the simulator's after its `identity_seconds`)."""
+        provider = self.providers.get(name)
+        refusal = handlers.fallback_refusal(name, provider)
+        if refusal is not None or provider is None:
+            return handlers.shot_failed(retake, retake, "identity", refusal or f"no provider {name!r}")
+        async with self.runtime.pool.acquire() as conn:
+            saved = await PostgresFallbackIdentities(conn).find(retake.character_id, name)
+        if saved is not None and saved[1] is not None:
+            return saved[1]
+
+        async def heartbeat(percent: float, message: str) -> None:
+            await msg.in_progress()
+
+        try:
+            if saved is None:
+                references = await self.load_references(retake.references)
+                request = IdentityRequest(retake.character_id, retake.tenant_id, "instant_reference", references)
+                job_id = await provider.create_identity(request)
+                async with self.runtime.pool.acquire() as conn:
+                    job_id = await PostgresFallbackIdentities(conn).save_job(
+                        retake.character_id, name, retake.tenant_id, job_id
+                    )
+            else:
+                job_id = saved[0]
+            status = await handlers.wait_for_identity(
+                provider,
+                job_id,
+                poll_s=self.settings.identity_poll_s,
+                timeout_s=self.settings.fallback_identity_timeout_s,
+                heartbeat=heartbeat,
+            )
+        except PermanentProviderError as refused:
+            return handlers.shot_failed(retake, retake, "identity", f"the fallback {name} refused: {refused}")
+        except TransientProviderError as error:
+            raise RetryLater(str(error), delay_s=error.retry_after_s or 2.0) from error
+        if status.state != "ready" or status.identity_ref is None:
+            reason = f"the fallback {name} identity failed: {status.reason or 'no reason given'}"
+            return handlers.shot_failed(retake, retake, "identity", reason)
+        async with self.runtime.pool.acquire() as conn:
+            await PostgresFallbackIdentities(conn).mark_ready(retake.character_id, name, status.identity_ref)
+        return status.identity_ref
+
     async def store_image(self, tenant_id: str, image: GeneratedImage) -> ImageRef:
         """Copy the provider's image into our object storage (idempotent: content-addressed)."""
         stored = await self.runtime.store.put_image(tenant_id, image.data, image.content_type)
@@ -169,11 +278,15 @@ class ProviderWork:
         if await self.runtime.delivery.is_processed(command, consumer):
             return
         attempt = delivery_count(msg)
-        provider = self.providers.get(command.provider)
+        routed, rerouted_from = await self.route(command, msg)
         outcome: GeneratedImage | ShotFailed
-        if provider is None:
+        provider = None if isinstance(routed, ShotFailed) else self.providers.get(routed.provider)
+        if isinstance(routed, ShotFailed):
+            outcome = routed
+        elif provider is None:
             outcome = handlers.shot_failed(command, command, "generation", f"unknown provider {command.provider!r}")
         else:
+            command = routed
 
             async def still_working(percent: float, message: str) -> None:
                 # A provider's queue can outlast the ack wait: each progress report extends it.
@@ -183,7 +296,7 @@ class ProviderWork:
             try:
                 outcome = await handlers.generate(
                     command,
-                    provider=provider,
+                    provider=BreakerProvider(provider, self.breakers[provider.name]),
                     references=await self.load_references(command.references),
                     attempt=attempt,
                     max_attempts=self.settings.max_attempts,
@@ -200,4 +313,4 @@ class ProviderWork:
                 work.emit(outcome)
             else:
                 assert stored is not None
-                work.emit(handlers.shot_generated(command, outcome, stored, attempt))
+                work.emit(handlers.shot_generated(command, outcome, stored, attempt, rerouted_from))

@@ -162,7 +162,8 @@ ShotJobOutcome = Literal["succeeded", "failed", "refused", "abandoned"]
 class ShotJob:
     """One provider job submitted for a shot (table `provider.shot_jobs`).
 
-    `attempt` numbers the shot's submissions (1, 2, ...). `outcome` None: submitted, not settled yet
+    `attempt` numbers the submissions of one take of the shot (1, 2, ...; `take` 1 is the shot's first take,
+    2 and on the consistency gate's retakes, each with jobs of its own). `outcome` None: submitted, not settled yet
     (resume it); succeeded: it made the image (resume fetches it again); failed: it ended without an
     image (a new attempt may submit again); refused / abandoned: the shot failed for good with `failure`.
     """
@@ -174,18 +175,19 @@ class ShotJob:
     submitted_at: datetime
     outcome: ShotJobOutcome | None = None
     failure: str | None = None
+    take: int = 1
 
 
 class ShotJobs(Protocol):
     """The provider jobs submitted for shots. Each write is durable on its own: a job id must be saved
     before anything waits on it, whatever happens to the message's transaction."""
 
-    async def latest(self, shot_id: UUID) -> ShotJob | None:
-        """The shot's most recent job (highest attempt), or None before its first submission."""
+    async def latest(self, shot_id: UUID, take: int = 1) -> ShotJob | None:
+        """The take's most recent job (highest attempt), or None before its first submission."""
         ...
 
     async def record(self, job: ShotJob, tenant_id: str) -> bool:
-        """Save a job just submitted; False where that shot and attempt hold a job already (submitted twice)."""
+        """Save a job just submitted; False where that shot, take and attempt hold a job already (submitted twice)."""
         ...
 
     async def settle(

@@ -26,6 +26,23 @@ class ProviderAdapterSettings(BaseSettings):
     concurrency: int = Field(default=4, ge=1, description="Shots generated at once by one replica.")
     identity_poll_s: float = Field(default=0.5, gt=0)
     identity_timeout_s: float = Field(default=3600.0, gt=0)
+    fallback_identity_timeout_s: float = Field(
+        default=60.0, gt=0, description="A fallback (instant-reference) identity not ready by then fails its take."
+    )
+    fallback: dict[str, str] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("LIKENESS_PROVIDER_ADAPTER_FALLBACK", "LIKENESS_FALLBACK", "fallback"),
+        description="Provider -> instant-reference fallback provider (JSON): where new shots go while a provider's "
+        "circuit breaker is open. The same variable as storage's consistency gate reads.",
+    )
+    # A circuit breaker per provider, in each process (replicas keep their own): see breaker.py.
+    breaker_failures: int = Field(
+        default=5, ge=0, description="Consecutive transient failures that open a breaker; 0: no breakers."
+    )
+    breaker_window_s: float = Field(default=60.0, gt=0, description="The failure-rate window.")
+    breaker_window_min_calls: int = Field(default=10, ge=1, description="Calls in the window before its rate counts.")
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1, description="Failed share that opens a breaker.")
+    breaker_cool_down_s: float = Field(default=30.0, gt=0, description="Open this long, then one trial shot.")
 
     sim_latency_ms: float = Field(default=300.0, ge=0)
     sim_latency_jitter_ms: float = Field(default=100.0, ge=0)

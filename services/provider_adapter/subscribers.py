@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faststream.nats import NatsMessage, NatsRouter
 
-from contracts import GenerateShot, ProviderWebhookReceived, ReferencesStored, ShotRequested
+from contracts import GenerateShot, ProviderWebhookReceived, ReferencesStored, RetakeShot, ShotRequested
 from infra.bus import settle, subscribe
 from infra.runtime import Runtime
 from services.provider_adapter.jobs import ProviderWork
@@ -35,6 +35,10 @@ def build_router(runtime: Runtime, providers: dict[str, Provider], settings: Pro
     )
     async def on_generate_shot(command: GenerateShot, msg: NatsMessage) -> None:
         await settle(msg, command, work.generate_shot(command, msg))
+
+    @subscribe(router, RetakeShot, "provider-retake-shot", ack_wait_s=30.0)
+    async def on_retake_shot(retake: RetakeShot, msg: NatsMessage) -> None:
+        await settle(msg, retake, work.retake_shot(retake, msg))
 
     @subscribe(router, ProviderWebhookReceived, "provider-webhook-received")
     async def on_provider_webhook(webhook: ProviderWebhookReceived, msg: NatsMessage) -> None:

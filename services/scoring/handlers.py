@@ -73,5 +73,10 @@ async def score_shot(
     references = await reference_embeddings(event, scorer=scorer, images=images, cache=cache)
     shot = ShotToScore(image=await images.load(event.image), references=references, prompt=event.prompt)
     return ShotScored.follow(
-        event, key=scorer.key, shot_id=event.shot_id, character_id=event.character_id, score=await score(shot)
+        event,
+        key=scorer.key,
+        shot_id=event.shot_id,
+        character_id=event.character_id,
+        score=await score(shot),
+        take=event.take,
     )

@@ -13,12 +13,14 @@ from contracts import (
     IdentityProgress,
     IdentityReady,
     ReferencesStored,
+    RetakeShot,
     ShotFailed,
     ShotGenerated,
     ShotRequested,
     ShotScored,
     ShotStored,
 )
+from services.storage.gate import Gate, next_take
 from services.storage.ports import MonthSpend, Records
 
 
@@ -95,6 +97,7 @@ async def on_shot_generated(event: ShotGenerated, *, records: Records) -> list[E
         prompt=prompt,
         image=event.image,
         references=await records.references(event.character_id),
+        take=event.take,
     )
     return [stored, *await _cost_alerts(event, records)]
 
@@ -127,17 +130,50 @@ async def _cost_alerts(cause: ShotGenerated | IdentityReady, records: Records) -
     return alerts
 
 
-async def on_shot_scored(event: ShotScored, *, records: Records) -> list[Event]:
-    await records.character(event.character_id, lock=True)  # serialise completion checks per character
+async def on_shot_scored(event: ShotScored, *, records: Records, gate: Gate | None = None) -> list[Event]:
+    """Keep the score; on a take's first score the consistency gate decides: another take, or the shot is done.
+
+    `gate` None: no gate (every take is final). A re-scoring (a new scorer key) never asks for a take and
+    never completes a character again; a redelivered score is the same event, so it asks for the same take.
+    """
+    character = await records.character(event.character_id, lock=True)  # serialise completion checks per character
     if not await records.add_score(event):
         return []  # a re-scoring (or a late score after a failure): the character's completion is old news
+    shot = await records.shot_state(event.shot_id)
+    if shot is None or shot.take != event.take or shot.status in ("scored", "failed"):
+        return []  # a take that is no longer the shot's current one changes nothing
+    following = None
+    if gate is not None and character is not None:
+        following = next_take(
+            gate, shot_id=event.shot_id, take=event.take, verdict=event.score.verdict, own_provider=character.provider
+        )
+    if following is not None:
+        await records.begin_take(event.shot_id, following, event.occurred_at)
+        retake = RetakeShot.follow(
+            event,
+            key=f"{event.shot_id}:{following.take}",
+            shot_id=event.shot_id,
+            character_id=event.character_id,
+            take=following.take,
+            reason=following.reason,
+            provider=following.provider,
+            fallback_from=following.fallback_from,
+            previous_verdict=event.score.verdict,
+            params=shot.params.model_copy(update={"seed": following.seed}),
+            references=await records.references(event.character_id),
+        )
+        return [retake]
+    if not await records.finish_shot(event.shot_id, event.take, event.occurred_at):
+        return []
     return await _completion(event, records)
 
 
 async def on_shot_failed(event: ShotFailed, *, records: Records) -> list[Event]:
+    """The take failed, and with it the shot when that take is its current one (a failed retake ends the shot:
+    its final take is the failed one; the earlier takes stay recorded with their scores)."""
     if await records.character(event.character_id, lock=True) is None:
         return []
-    await records.mark_shot_failed(event.shot_id, event.stage, event.reason)
+    await records.mark_shot_failed(event.shot_id, event.stage, event.reason, event.take)
     return await _completion(event, records)
 
 

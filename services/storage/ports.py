@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
@@ -14,9 +15,11 @@ from contracts import (
     IdentityReady,
     ImageRef,
     ShotGenerated,
+    ShotParams,
     ShotRequested,
     ShotScored,
 )
+from services.storage.gate import NextTake
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,16 @@ class CharacterRecord:
     tenant_id: str
     provider: str
     status: str
+
+
+@dataclass(frozen=True)
+class ShotState:
+    """A shot as the consistency gate sees it: its current take and that take's status."""
+
+    shot_id: UUID
+    take: int
+    status: str  # requested | stored | scored | failed: the current take's
+    params: ShotParams
 
 
 @dataclass(frozen=True)
@@ -73,10 +86,22 @@ class Records(Protocol):
         ...
 
     async def add_score(self, event: ShotScored) -> bool:
-        """Keep the score (once per shot and scorer key); True when it is the shot's first, which finishes it."""
+        """Keep the score (once per take and scorer key); True when it is the take's first (the gate acts on it)."""
         ...
 
-    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None: ...
+    async def shot_state(self, shot_id: UUID) -> ShotState | None: ...
+
+    async def begin_take(self, shot_id: UUID, next_take: NextTake, requested_at: datetime) -> None:
+        """Record the shot's next take (requested) and make it the shot's current one: the shot is open again."""
+        ...
+
+    async def finish_shot(self, shot_id: UUID, take: int, finished_at: datetime) -> bool:
+        """The shot is scored with `take` as its final take; True the first time."""
+        ...
+
+    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str, take: int = 1) -> None:
+        """The take failed; so does the shot when it is the shot's current take."""
+        ...
 
     async def shot_counts(self, character_id: UUID) -> ShotCounts: ...
 

@@ -14,17 +14,19 @@ from contracts import (
     IdentityFailed,
     IdentityProgress,
     IdentityReady,
+    RetakeShot,
     ShotFailed,
     ShotGenerated,
     ShotRequested,
     ShotScored,
 )
 from infra.bus import RetryLater, settle, subscribe
-from infra.metrics import record_provider_cost
+from infra.metrics import record_provider_cost, record_regeneration
 from infra.runtime import Runtime
 from services.storage import handlers
 from services.storage.adapters.records import PostgresRecords
 from services.storage.ports import Records
+from services.storage.settings import StorageSettings
 
 E = TypeVar("E", bound=Event)
 E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
@@ -35,13 +37,21 @@ class StorageHandler(Protocol[E_contra]):
 
 
 def count_cost(event: Event, emitted: list[Event]) -> None:
-    """A newly recorded identity's or shot's cost (a shot is new when storage announces it as stored)."""
+    """A newly recorded identity's or shot's cost (a shot is new when storage announces it as stored), and the
+    retakes the consistency gate asked for."""
     if isinstance(event, IdentityReady) or (isinstance(event, ShotGenerated) and emitted):
         record_provider_cost(event.provider, event.cost_usd)
+    for retake in emitted:
+        if isinstance(retake, RetakeShot):
+            record_regeneration(retake.provider, retake.reason)
 
 
-def build_router(runtime: Runtime) -> NatsRouter:
+def build_router(runtime: Runtime, settings: StorageSettings | None = None) -> NatsRouter:
     router = NatsRouter()
+    gate = (settings or StorageSettings()).gate()
+
+    async def shot_scored(event: ShotScored, *, records: Records) -> list[Event]:
+        return await handlers.on_shot_scored(event, records=records, gate=gate)
 
     async def record(event: E, name: str, handler: StorageHandler[E]) -> None:
         """One transaction: claim the event, update the records, log it, outbox what follows."""
@@ -83,7 +93,7 @@ def build_router(runtime: Runtime) -> NatsRouter:
 
     @subscribe(router, ShotScored, "storage-shot-scored")
     async def on_shot_scored(event: ShotScored, msg: NatsMessage) -> None:
-        await settle(msg, event, record(event, "shot-scored", handlers.on_shot_scored))
+        await settle(msg, event, record(event, "shot-scored", shot_scored))
 
     @subscribe(router, HumanVoteCast, "storage-human-vote")
     async def on_human_vote(event: HumanVoteCast, msg: NatsMessage) -> None:

@@ -139,9 +139,9 @@ async def test_storage_alerts_once_at_80_and_100_percent_even_when_two_replicas_
         (this_month(), 100, hundred.event_id),
     ]
 
-    # Costs recorded last month do not count this month.
+    # Costs recorded last month do not count this month (each take of a shot costs: records.shot_takes).
     await pool.execute(
-        "UPDATE records.shots SET stored_at = stored_at - interval '40 days' WHERE shot_id = $1", first.shot_id
+        "UPDATE records.shot_takes SET stored_at = stored_at - interval '40 days' WHERE shot_id = $1", first.shot_id
     )
     async with pool.acquire() as conn, conn.transaction():
         spend = await PostgresRecords(conn).month_spend(studio)

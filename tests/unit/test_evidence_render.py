@@ -30,7 +30,8 @@ SUMMARY_HEADER = (
     "clip_text_n,clip_text_mean,clip_text_std,clip_text_ci95_low,clip_text_ci95_high,clip_uncalibrated,"
     "latency_n,latency_p50_ms,latency_p95_ms,"
     "identities,identities_ready,identities_failed,training_n,training_mean_s,"
-    "cost_per_shot_usd,shot_cost_total_usd,cost_per_identity_usd,failures,simulated,note"
+    "cost_per_shot_usd,shot_cost_total_usd,cost_per_identity_usd,failures,simulated,"
+    "takes_regenerated,takes_fallback,rescued_by_fallback,note"
 )
 SCORECARD_HEADER = (
     "provider,total,tier,missing,"

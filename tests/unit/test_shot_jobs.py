@@ -154,7 +154,7 @@ async def test_a_second_job_for_the_same_submission_is_refused_and_logged(caplog
     await racing.start_shot(ShotRequest(shot.shot_id, shot.character_id, "x", shot.params, []))
 
     class RaceLost(InMemoryShotJobs):
-        async def latest(self, shot_id: uuid.UUID) -> None:  # both workers looked before either recorded
+        async def latest(self, shot_id: uuid.UUID, take: int = 1) -> None:  # both looked before either recorded
             return None
 
     jobs = RaceLost()

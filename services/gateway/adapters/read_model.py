@@ -15,10 +15,40 @@ from services.gateway.budgets import BudgetStanding
 
 _SHOT_COLUMNS = """
     s.shot_id, s.character_id, s.status, s.params, s.provider, s.image, s.latency_ms, s.cost_usd,
-    s.attempts, s.simulation, s.failure_stage, s.failure_reason, s.requested_at, s.finished_at,
-    (SELECT sc.score FROM records.scores sc WHERE sc.shot_id = s.shot_id
+    s.attempts, s.simulation, s.failure_stage, s.failure_reason, s.requested_at, s.finished_at, s.take,
+    (SELECT sc.score FROM records.scores sc WHERE sc.shot_id = s.shot_id AND sc.take = s.take
       ORDER BY sc.scored_at DESC, sc.score_id DESC LIMIT 1) AS score
 """
+
+# Every take of the given shots (the consistency gate's retakes included), in order, each with its newest score.
+_TAKES = """
+    SELECT t.shot_id, t.take, t.reason, t.provider, t.rerouted_from, t.seed, t.status, t.image, t.latency_ms,
+           t.cost_usd, t.attempts, t.simulation, t.failure_reason, t.requested_at, t.finished_at,
+           (SELECT sc.score FROM records.scores sc WHERE sc.shot_id = t.shot_id AND sc.take = t.take
+             ORDER BY sc.scored_at DESC, sc.score_id DESC LIMIT 1) AS score
+    FROM records.shot_takes t WHERE t.shot_id = ANY($1::uuid[]) AND t.tenant_id = $2 ORDER BY t.shot_id, t.take
+"""
+
+
+def _take(row: asyncpg.Record, final_take: int | None) -> dict[str, Any]:
+    return {
+        "take": row["take"],
+        "reason": row["reason"],
+        "provider": row["provider"],
+        "rerouted_from": row["rerouted_from"],
+        "seed": row["seed"],
+        "status": row["status"],
+        "image": row["image"],
+        "latency_ms": row["latency_ms"],
+        "cost_usd": row["cost_usd"],
+        "attempts": row["attempts"],
+        "simulation": row["simulation"],
+        "score": row["score"],
+        "failure": row["failure_reason"],
+        "final": row["take"] == final_take,
+        "requested_at": row["requested_at"].isoformat(),
+        "finished_at": None if row["finished_at"] is None else row["finished_at"].isoformat(),
+    }
 
 
 def _shot(row: asyncpg.Record) -> dict[str, Any]:
@@ -40,6 +70,9 @@ def _shot(row: asyncpg.Record) -> dict[str, Any]:
         "failure": failure,
         "requested_at": row["requested_at"].isoformat(),
         "finished_at": None if row["finished_at"] is None else row["finished_at"].isoformat(),
+        "take": row["take"],
+        "final_take": row["take"] if row["status"] in ("scored", "failed") else None,
+        "takes": [],
     }
 
 
@@ -51,8 +84,8 @@ def _weights(stored: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 # The tenant's budget and its recorded spend this calendar month (UTC, computed on UTC timestamps so the
-# session's time zone cannot move the month's end): shots by stored_at, identities by identity_ready_at,
-# simulated costs included, as storage counts them for its cost alerts.
+# session's time zone cannot move the month's end): every take of a shot by its stored_at, identities by
+# identity_ready_at, simulated costs included, as storage counts them for its cost alerts.
 _BUDGET_STANDING = """
     WITH month AS (
         SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AS start_utc,
@@ -62,7 +95,7 @@ _BUDGET_STANDING = """
                start_utc AT TIME ZONE 'UTC' AS start_at, end_utc AT TIME ZONE 'UTC' AS end_at FROM month
     ), costs AS (
         SELECT s.cost_usd AS usd, s.simulation IS NOT NULL AS simulated
-          FROM records.shots s, bounds b
+          FROM records.shot_takes s, bounds b
          WHERE s.tenant_id = $1 AND s.cost_usd IS NOT NULL AND s.stored_at >= b.start_at AND s.stored_at < b.end_at
         UNION ALL
         SELECT c.identity_cost_usd, coalesce(c.identity_simulated, false)
@@ -164,28 +197,40 @@ class ReadModel:
             "created_at": row["created_at"].isoformat(),
             "identity": identity,
             "references": [r["image"] for r in references],
-            "shots": [_shot(s) for s in shots],
+            "shots": await self._with_takes(tenant_id, [_shot(s) for s in shots]),
         }
+
+    async def _with_takes(self, tenant_id: str, shots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each shot's takes, in order, the final one marked (a shot the gate never retook has one)."""
+        by_id = {shot["shot_id"]: shot for shot in shots}
+        if by_id:
+            for row in await self._pool.fetch(_TAKES, [UUID(shot_id) for shot_id in by_id], tenant_id):
+                shot = by_id[str(row["shot_id"])]
+                shot["takes"].append(_take(row, shot["final_take"]))
+        return shots
 
     async def report_rows(
         self, tenant_id: str, *, character_id: UUID | None = None
     ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
-        """The tenant's shots (with each one's newest score) and identities: what reports are computed from."""
+        """The tenant's shots, one row per take (the consistency gate's retakes are shots their providers made and
+        were paid for), each with its newest score, and identities: what reports are computed from."""
         shots = await self._pool.fetch(
-            """SELECT s.character_id, s.provider, c.strategy, s.params->>'scenario' AS scenario, s.status,
+            """SELECT s.shot_id, s.character_id, t.provider, c.strategy, s.params->>'scenario' AS scenario, t.status,
+                      t.take, t.reason AS take_reason, (t.take = s.take AND s.status IN ('scored', 'failed')) AS final,
                       sc.verdict, sc.face_distance,
                       (sc.score->'clip'->>'image_similarity')::double precision AS clip_image,
                       (sc.score->'clip'->>'text_similarity')::double precision AS clip_text,
                       coalesce((sc.score->'clip'->>'calibrated')::boolean, true) AS clip_calibrated,
-                      s.latency_ms, s.cost_usd, s.simulation IS NOT NULL AS simulated
-               FROM records.shots s
+                      t.latency_ms, t.cost_usd, t.simulation IS NOT NULL AS simulated
+               FROM records.shot_takes t
+               JOIN records.shots s ON s.shot_id = t.shot_id
                JOIN records.characters c ON c.character_id = s.character_id
                LEFT JOIN LATERAL (
                    SELECT verdict, face_distance, score FROM records.scores
-                   WHERE shot_id = s.shot_id ORDER BY scored_at DESC, score_id DESC LIMIT 1
-               ) sc ON s.status = 'scored'
+                   WHERE shot_id = t.shot_id AND take = t.take ORDER BY scored_at DESC, score_id DESC LIMIT 1
+               ) sc ON t.status = 'scored'
                WHERE s.tenant_id = $1 AND c.tenant_id = $1 AND ($2::uuid IS NULL OR s.character_id = $2)
-               ORDER BY s.requested_at, s.shot_id""",
+               ORDER BY s.requested_at, s.shot_id, t.take""",
             tenant_id,
             character_id,
         )
@@ -209,7 +254,7 @@ class ReadModel:
         return list(
             await self._pool.fetch(
                 """SELECT v.shot_id, v.character_id, s.provider, v.rater, v.answer,
-                          (SELECT sc.verdict FROM records.scores sc WHERE sc.shot_id = v.shot_id
+                          (SELECT sc.verdict FROM records.scores sc WHERE sc.shot_id = v.shot_id AND sc.take = s.take
                             ORDER BY sc.scored_at DESC, sc.score_id DESC LIMIT 1) AS verdict
                    FROM records.votes v JOIN records.shots s ON s.shot_id = v.shot_id
                    WHERE v.tenant_id = $1 AND s.tenant_id = $1
@@ -227,7 +272,7 @@ class ReadModel:
             shot_id,
             tenant_id,
         )
-        return None if row is None else _shot(row)
+        return None if row is None else (await self._with_takes(tenant_id, [_shot(row)]))[0]
 
     async def events_after(
         self, tenant_id: str, character_id: UUID, after_seq: int, limit: int = 200

@@ -10,6 +10,44 @@ from infra.db import DbConnection
 from services.provider_adapter.ports import IdentityRecord
 
 
+class PostgresFallbackIdentities:
+    """Identities built with a fallback (instant-reference) provider, one per character and provider."""
+
+    def __init__(self, conn: DbConnection) -> None:
+        self._conn = conn
+
+    async def find(self, character_id: UUID, provider: str) -> tuple[str, str | None] | None:
+        """The saved (job id, identity ref) of the character's identity with `provider`, if one was started."""
+        row = await self._conn.fetchrow(
+            "SELECT job_id, identity_ref FROM provider.fallback_identities WHERE character_id=$1 AND provider=$2",
+            character_id,
+            provider,
+        )
+        return None if row is None else (row["job_id"], row["identity_ref"])
+
+    async def save_job(self, character_id: UUID, provider: str, tenant_id: str, job_id: str) -> str:
+        """Save the job before waiting on it; the job id kept (a racing replica's, if it saved first)."""
+        await self._conn.execute(
+            """INSERT INTO provider.fallback_identities (character_id, provider, tenant_id, job_id)
+               VALUES ($1, $2, $3, $4) ON CONFLICT (character_id, provider) DO NOTHING""",
+            character_id,
+            provider,
+            tenant_id,
+            job_id,
+        )
+        kept = await self.find(character_id, provider)
+        assert kept is not None
+        return kept[0]
+
+    async def mark_ready(self, character_id: UUID, provider: str, identity_ref: str) -> None:
+        await self._conn.execute(
+            "UPDATE provider.fallback_identities SET identity_ref=$3 WHERE character_id=$1 AND provider=$2",
+            character_id,
+            provider,
+            identity_ref,
+        )
+
+
 class PostgresIdentities:
     def __init__(self, conn: DbConnection) -> None:
         self._conn = conn

@@ -19,25 +19,27 @@ class PostgresShotJobs:
     def __init__(self, db: asyncpg.Pool | DbConnection) -> None:
         self._db = db
 
-    async def latest(self, shot_id: UUID) -> ShotJob | None:
+    async def latest(self, shot_id: UUID, take: int = 1) -> ShotJob | None:
         row = await self._db.fetchrow(
-            """SELECT shot_id, attempt, provider, job_id, submitted_at, outcome, failure
-               FROM provider.shot_jobs WHERE shot_id=$1 ORDER BY attempt DESC LIMIT 1""",
+            """SELECT shot_id, take, attempt, provider, job_id, submitted_at, outcome, failure
+               FROM provider.shot_jobs WHERE shot_id=$1 AND take=$2 ORDER BY attempt DESC LIMIT 1""",
             shot_id,
+            take,
         )
         return None if row is None else _job(row)
 
     async def record(self, job: ShotJob, tenant_id: str) -> bool:
         try:
             await self._db.execute(
-                """INSERT INTO provider.shot_jobs (shot_id, attempt, tenant_id, provider, job_id, submitted_at)
-                   VALUES ($1, $2, $3, $4, $5, $6)""",
+                """INSERT INTO provider.shot_jobs (shot_id, attempt, tenant_id, provider, job_id, submitted_at, take)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
                 job.shot_id,
                 job.attempt,
                 tenant_id,
                 job.provider,
                 job.job_id,
                 job.submitted_at,
+                job.take,
             )
         except asyncpg.UniqueViolationError:
             return False
@@ -57,10 +59,10 @@ class PostgresShotJobs:
         )
 
     async def all_for(self, shot_id: UUID) -> list[ShotJob]:
-        """Every job of the shot, oldest first (for checks: no job was submitted twice)."""
+        """Every job of the shot, by take, oldest first (for checks: no job was submitted twice)."""
         rows = await self._db.fetch(
-            """SELECT shot_id, attempt, provider, job_id, submitted_at, outcome, failure
-               FROM provider.shot_jobs WHERE shot_id=$1 ORDER BY attempt""",
+            """SELECT shot_id, take, attempt, provider, job_id, submitted_at, outcome, failure
+               FROM provider.shot_jobs WHERE shot_id=$1 ORDER BY take, attempt""",
             shot_id,
         )
         return [_job(row) for row in rows]
@@ -75,4 +77,5 @@ def _job(row: asyncpg.Record) -> ShotJob:
         submitted_at=row["submitted_at"],
         outcome=row["outcome"],
         failure=row["failure"],
+        take=row["take"],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from uuid import UUID
 
 from contracts import (
@@ -13,17 +14,20 @@ from contracts import (
     IdentityReady,
     ImageRef,
     ShotGenerated,
+    ShotParams,
     ShotRequested,
     ShotScored,
 )
 from infra.db import DbConnection
-from services.storage.ports import CharacterRecord, MonthSpend, ShotCounts
+from services.storage.gate import NextTake
+from services.storage.ports import CharacterRecord, MonthSpend, ShotCounts, ShotState
 
 _CHARACTER = "SELECT character_id, tenant_id, provider, status FROM records.characters WHERE character_id=$1"
 _CHARACTER_FOR_UPDATE = _CHARACTER + " FOR UPDATE"
 
 # This calendar month (UTC) as [start, end): computed on UTC timestamps, so the session's time zone cannot
-# shift a month's end. A shot's cost counts in the month of stored_at, an identity's in identity_ready_at's.
+# shift a month's end. Every take of a shot costs (records.shot_takes): a take's cost counts in the month of
+# its stored_at, an identity's in identity_ready_at's.
 _MONTH_SPEND = """
     WITH month AS (
         SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AS start_utc,
@@ -33,7 +37,7 @@ _MONTH_SPEND = """
                start_utc AT TIME ZONE 'UTC' AS start_at, end_utc AT TIME ZONE 'UTC' AS end_at FROM month
     ), costs AS (
         SELECT s.cost_usd AS usd, s.simulation IS NOT NULL AS simulated
-          FROM records.shots s, bounds b
+          FROM records.shot_takes s, bounds b
          WHERE s.tenant_id = $1 AND s.cost_usd IS NOT NULL AND s.stored_at >= b.start_at AND s.stored_at < b.end_at
         UNION ALL
         SELECT c.identity_cost_usd, coalesce(c.identity_simulated, false)
@@ -93,7 +97,7 @@ class PostgresRecords:
         await self._conn.execute(
             """UPDATE records.characters SET status='ready', identity_percent=100, identity_ref=$2,
                    training_seconds=$3, identity_cost_usd=$4, identity_simulated=$5,
-                   identity_weights=$6::text::jsonb, identity_ready_at=coalesce(identity_ready_at, now()),
+                   identity_weights=$6::text::jsonb, identity_ready_at=coalesce(identity_ready_at, $7),
                    updated_at=now()
                WHERE character_id=$1""",
             event.character_id,
@@ -102,6 +106,7 @@ class PostgresRecords:
             event.cost_usd,
             event.simulated,
             None if event.weights is None else event.weights.model_dump_json(),
+            event.occurred_at,  # when the identity (and its cost) happened, not when this row was written
         )
 
     async def mark_identity_failed(self, character_id: UUID, reason: str) -> None:
@@ -130,6 +135,14 @@ class PostgresRecords:
             provider,
             event.occurred_at,
         )
+        await self._conn.execute(
+            """INSERT INTO records.shot_takes (shot_id, take, tenant_id, reason, provider, seed, status, requested_at)
+               SELECT shot_id, 1, tenant_id, 'first', provider, $2, 'requested', requested_at
+                 FROM records.shots WHERE shot_id=$1
+               ON CONFLICT (shot_id, take) DO NOTHING""",
+            event.shot_id,
+            event.params.seed,
+        )
 
     async def shot_tenant(self, shot_id: UUID) -> str | None:
         tenant = await self._conn.fetchval("SELECT tenant_id FROM records.shots WHERE shot_id=$1", shot_id)
@@ -155,10 +168,25 @@ class PostgresRecords:
         return await self._conn.fetchval("SELECT 1 FROM records.shots WHERE shot_id=$1", shot_id) is not None
 
     async def mark_shot_stored(self, event: ShotGenerated) -> str | None:
+        await self._conn.execute(
+            """UPDATE records.shot_takes SET status='stored', image=$2::text::jsonb, latency_ms=$3, cost_usd=$4,
+                   attempts=$5, simulation=$6::text::jsonb, provider=$7, stored_at=$8, rerouted_from=$10
+               WHERE shot_id=$1 AND take=$9 AND status IN ('requested', 'stored')""",
+            event.shot_id,
+            event.image.model_dump_json(),
+            event.latency_ms,
+            event.cost_usd,
+            event.attempts,
+            None if event.simulation is None else event.simulation.model_dump_json(),
+            event.provider,
+            event.occurred_at,
+            event.take,
+            event.rerouted_from,
+        )
         prompt = await self._conn.fetchval(
             """UPDATE records.shots SET status='stored', image=$2::text::jsonb, latency_ms=$3, cost_usd=$4,
-                   attempts=$5, simulation=$6::text::jsonb, provider=$7, stored_at=now()
-               WHERE shot_id=$1 AND status IN ('requested', 'stored')
+                   attempts=$5, simulation=$6::text::jsonb, provider=$7, stored_at=$8
+               WHERE shot_id=$1 AND take=$9 AND status IN ('requested', 'stored')
                RETURNING params->>'prompt'""",
             event.shot_id,
             event.image.model_dump_json(),
@@ -167,6 +195,8 @@ class PostgresRecords:
             event.attempts,
             None if event.simulation is None else event.simulation.model_dump_json(),
             event.provider,
+            event.occurred_at,  # when the shot was generated: a rebuild from the stream gives the same value
+            event.take,
         )
         return None if prompt is None else str(prompt)
 
@@ -174,8 +204,8 @@ class PostgresRecords:
         score = event.score
         await self._conn.execute(
             """INSERT INTO records.scores (shot_id, event_id, scorer_version, scorer_key, verdict, face_distance,
-                                           clip_similarity, score, scored_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9)
+                                           clip_similarity, score, scored_at, take)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)
                ON CONFLICT DO NOTHING""",
             event.shot_id,
             event.event_id,
@@ -186,21 +216,67 @@ class PostgresRecords:
             score.clip.image_similarity,
             score.model_dump_json(),
             event.occurred_at,
+            event.take,
         )
         first = await self._conn.fetchval(
-            """UPDATE records.shots SET status='scored', finished_at=now()
-               WHERE shot_id=$1 AND status NOT IN ('scored', 'failed') RETURNING true""",
+            """UPDATE records.shot_takes SET status='scored', verdict=$3, finished_at=$2
+               WHERE shot_id=$1 AND take=$4 AND status NOT IN ('scored', 'failed') RETURNING true""",
             event.shot_id,
+            event.occurred_at,
+            score.verdict,
+            event.take,
         )
         return bool(first)
 
-    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str) -> None:
+    async def shot_state(self, shot_id: UUID) -> ShotState | None:
+        row = await self._conn.fetchrow("SELECT take, status, params FROM records.shots WHERE shot_id=$1", shot_id)
+        if row is None:
+            return None
+        return ShotState(shot_id, row["take"], row["status"], ShotParams.model_validate(row["params"]))
+
+    async def begin_take(self, shot_id: UUID, next_take: NextTake, requested_at: datetime) -> None:
+        await self._conn.execute(
+            """INSERT INTO records.shot_takes (shot_id, take, tenant_id, reason, provider, seed, status, requested_at)
+               SELECT shot_id, $2, tenant_id, $3, $4, $5, 'requested', $6 FROM records.shots WHERE shot_id=$1
+               ON CONFLICT (shot_id, take) DO NOTHING""",
+            shot_id,
+            next_take.take,
+            next_take.reason,
+            next_take.provider,
+            next_take.seed,
+            requested_at,
+        )
+        await self._conn.execute(
+            "UPDATE records.shots SET take=$2, status='requested' WHERE shot_id=$1 AND take < $2",
+            shot_id,
+            next_take.take,
+        )
+
+    async def finish_shot(self, shot_id: UUID, take: int, finished_at: datetime) -> bool:
+        first = await self._conn.fetchval(
+            """UPDATE records.shots SET status='scored', finished_at=$3
+               WHERE shot_id=$1 AND take=$2 AND status NOT IN ('scored', 'failed') RETURNING true""",
+            shot_id,
+            take,
+            finished_at,
+        )
+        return bool(first)
+
+    async def mark_shot_failed(self, shot_id: UUID, stage: str, reason: str, take: int = 1) -> None:
+        await self._conn.execute(
+            """UPDATE records.shot_takes SET status='failed', failure_reason=$3, finished_at=now()
+               WHERE shot_id=$1 AND take=$2 AND status <> 'scored'""",
+            shot_id,
+            take,
+            reason,
+        )
         await self._conn.execute(
             """UPDATE records.shots SET status='failed', failure_stage=$2, failure_reason=$3, finished_at=now()
-               WHERE shot_id=$1 AND status <> 'scored'""",
+               WHERE shot_id=$1 AND status <> 'scored' AND take=$4""",
             shot_id,
             stage,
             reason,
+            take,
         )
 
     async def shot_counts(self, character_id: UUID) -> ShotCounts:
@@ -213,8 +289,8 @@ class PostgresRecords:
         )
         verdict_rows = await self._conn.fetch(
             """SELECT DISTINCT ON (s.shot_id) s.shot_id, sc.verdict
-               FROM records.shots s JOIN records.scores sc USING (shot_id)
-               WHERE s.character_id=$1 ORDER BY s.shot_id, sc.scored_at DESC""",
+               FROM records.shots s JOIN records.scores sc ON sc.shot_id = s.shot_id AND sc.take = s.take
+               WHERE s.character_id=$1 AND s.status = 'scored' ORDER BY s.shot_id, sc.scored_at DESC""",
             character_id,
         )
         verdicts: dict[str, int] = {}
