@@ -8,16 +8,15 @@ stack `likeness up` runs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra.cli_keys import DatabaseUrl, DataDir, NoDatabase, database_url
+from infra.cli_keys import DatabaseUrl, DataDir, run_with_database
 from services.gateway.keys import TENANT
 
 if TYPE_CHECKING:  # asyncpg and the stores load when a command runs, keeping `likeness --help` quick
@@ -91,23 +90,6 @@ async def clear_budget(url: str, tenant_id: str) -> bool:
     return await _with_pool(url, lambda pool: PostgresBudgets(pool).clear(tenant_id))
 
 
-def _run(work: Callable[[str], Coroutine[Any, Any, T]], explicit_url: str | None, data_dir: Path | None) -> T:
-    try:
-        url = database_url(explicit_url, data_dir)
-    except NoDatabase as problem:
-        errors.print(f"[red]likeness budgets:[/red] {problem}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    import asyncio
-
-    import asyncpg
-
-    try:
-        return asyncio.run(work(url))
-    except (OSError, TimeoutError, asyncpg.PostgresError) as problem:  # unreachable, or refused the login
-        errors.print(f"[red]likeness budgets:[/red] database {type(problem).__name__}: {problem}", highlight=False)
-        raise typer.Exit(2) from None
-
-
 def _check_tenant(tenant: str) -> None:
     if not TENANT.match(tenant):
         raise typer.BadParameter(
@@ -142,7 +124,7 @@ def set_command(
 ) -> None:
     """Set (or change) a tenant's monthly budget: alerts at 80% and 100%, new paid work refused at 100%."""
     _check_tenant(tenant)
-    view = _run(lambda url: set_budget(url, tenant, usd), database_url_option, data_dir)
+    view = run_with_database(lambda url: set_budget(url, tenant, usd), database_url_option, data_dir, "budgets")
     spent, simulated, share = _spent(view.standing)
     month = "" if view.standing is None else f" in {view.standing.month}"
     console.print(
@@ -159,7 +141,7 @@ def show(
     data_dir: DataDir = None,
 ) -> None:
     """Each budget with this month's recorded spend (simulated costs count, and are shown apart)."""
-    views = _run(lambda url: show_budgets(url, tenant), database_url_option, data_dir)
+    views = run_with_database(lambda url: show_budgets(url, tenant), database_url_option, data_dir, "budgets")
     if not views:
         console.print(
             ("no budget for tenant '" + tenant + "'" if tenant else "no budgets") + " (without one there is no limit)",
@@ -189,7 +171,7 @@ def clear(
 ) -> None:
     """Remove a tenant's budget: no limit and no alerts from now on."""
     _check_tenant(tenant)
-    if not _run(lambda url: clear_budget(url, tenant), database_url_option, data_dir):
+    if not run_with_database(lambda url: clear_budget(url, tenant), database_url_option, data_dir, "budgets"):
         errors.print(f"[red]likeness budgets:[/red] tenant '{tenant}' has no budget", highlight=False)
         raise typer.Exit(1)
     console.print(f"tenant '{tenant}' has no budget now (no limit)", highlight=False)

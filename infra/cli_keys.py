@@ -90,11 +90,17 @@ async def revoke_key(url: str, key_id: str) -> ApiKey | None:
     return await _with_keys(url, lambda keys: keys.revoke(key_id))
 
 
-def _run(work: Callable[[str], Coroutine[Any, Any, T]], explicit_url: str | None, data_dir: Path | None) -> T:
+def run_with_database(
+    work: Callable[[str], Coroutine[Any, Any, T]],
+    explicit_url: str | None,
+    data_dir: Path | None,
+    command: str = "keys",
+) -> T:
+    """Run `work` on the database URL found (see `database_url`); problems reaching it are a message, exit 2."""
     try:
         url = database_url(explicit_url, data_dir)
     except NoDatabase as problem:
-        errors.print(f"[red]likeness keys:[/red] {problem}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]likeness {command}:[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     import asyncio
 
@@ -103,7 +109,7 @@ def _run(work: Callable[[str], Coroutine[Any, Any, T]], explicit_url: str | None
     try:
         return asyncio.run(work(url))
     except (OSError, TimeoutError, asyncpg.PostgresError) as problem:  # unreachable, or refused the login
-        errors.print(f"[red]likeness keys:[/red] database {type(problem).__name__}: {problem}", highlight=False)
+        errors.print(f"[red]likeness {command}:[/red] database {type(problem).__name__}: {problem}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -132,7 +138,7 @@ def create(
             f"choose from {', '.join(SCOPES)} (got {', '.join(unknown) or 'none'})", param_hint="--scope"
         )
     scopes = frozenset(cast(list[Scope], scope))
-    issued = _run(lambda url: create_key(url, tenant, scopes, name), database_url_option, data_dir)
+    issued = run_with_database(lambda url: create_key(url, tenant, scopes, name), database_url_option, data_dir)
     key = issued.key
     console.print(f"created key {key.key_id} for tenant '{key.tenant_id}' ({', '.join(sorted(key.scopes))})")
     console.print("Keep it now; it is shown only this once:", highlight=False)
@@ -146,7 +152,7 @@ def list_command(
     data_dir: DataDir = None,
 ) -> None:
     """The keys (never their secrets): id, tenant, name, scopes, when created, last used and revoked."""
-    keys = _run(lambda url: list_keys(url, tenant), database_url_option, data_dir)
+    keys = run_with_database(lambda url: list_keys(url, tenant), database_url_option, data_dir)
     if not keys:
         console.print(
             "no API keys" + (f" for tenant '{tenant}'" if tenant else "") + " (bootstrap keys are not listed)"
@@ -174,7 +180,7 @@ def revoke(
 ) -> None:
     """Revoke a key: the gateway refuses it from now on (within its key cache, 5 s by default)."""
     wanted = key_id_of(key_id)
-    key = _run(lambda url: revoke_key(url, wanted), database_url_option, data_dir)
+    key = run_with_database(lambda url: revoke_key(url, wanted), database_url_option, data_dir)
     if key is None:
         errors.print(
             f"[red]likeness keys:[/red] no key {wanted!r}; `likeness keys list` shows the ids", highlight=False

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import asyncpg
 
+from infra.month_spend import MONTH_SPEND_SQL
 from services.gateway.budgets import BudgetStanding
 
 _SHOT_COLUMNS = """
@@ -83,32 +84,6 @@ def _weights(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**stored, "url": f"/v1/artifacts/{stored['sha256']}"}
 
 
-# The tenant's budget and its recorded spend this calendar month (UTC, computed on UTC timestamps so the
-# session's time zone cannot move the month's end): every take of a shot by its stored_at, identities by
-# identity_ready_at, simulated costs included, as storage counts them for its cost alerts.
-_BUDGET_STANDING = """
-    WITH month AS (
-        SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AS start_utc,
-               date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month' AS end_utc
-    ), bounds AS (
-        SELECT to_char(start_utc, 'YYYY-MM') AS month,
-               start_utc AT TIME ZONE 'UTC' AS start_at, end_utc AT TIME ZONE 'UTC' AS end_at FROM month
-    ), costs AS (
-        SELECT s.cost_usd AS usd, s.simulation IS NOT NULL AS simulated
-          FROM records.shot_takes s, bounds b
-         WHERE s.tenant_id = $1 AND s.cost_usd IS NOT NULL AND s.stored_at >= b.start_at AND s.stored_at < b.end_at
-        UNION ALL
-        SELECT c.identity_cost_usd, coalesce(c.identity_simulated, false)
-          FROM records.characters c, bounds b
-         WHERE c.tenant_id = $1 AND c.identity_cost_usd IS NOT NULL
-           AND c.identity_ready_at >= b.start_at AND c.identity_ready_at < b.end_at
-    )
-    SELECT b.month, b.end_at,
-           (SELECT coalesce(sum(usd), 0) FROM costs) AS spend_usd,
-           (SELECT coalesce(sum(usd) FILTER (WHERE simulated), 0) FROM costs) AS simulated_usd
-      FROM bounds b"""
-
-
 class ReadModel:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -118,7 +93,7 @@ class ReadModel:
         budget = await self._pool.fetchval("SELECT monthly_usd FROM gateway.budgets WHERE tenant_id=$1", tenant_id)
         if budget is None:
             return None  # and records is not read at all
-        row = await self._pool.fetchrow(_BUDGET_STANDING, tenant_id)
+        row = await self._pool.fetchrow(MONTH_SPEND_SQL, tenant_id)
         assert row is not None
         return BudgetStanding(
             tenant_id=tenant_id,

@@ -19,36 +19,12 @@ from contracts import (
     ShotScored,
 )
 from infra.db import DbConnection
+from infra.month_spend import MONTH_SPEND_SQL
 from services.storage.gate import NextTake
 from services.storage.ports import CharacterRecord, MonthSpend, ShotCounts, ShotState
 
 _CHARACTER = "SELECT character_id, tenant_id, provider, status FROM records.characters WHERE character_id=$1"
 _CHARACTER_FOR_UPDATE = _CHARACTER + " FOR UPDATE"
-
-# This calendar month (UTC) as [start, end): computed on UTC timestamps, so the session's time zone cannot
-# shift a month's end. Every take of a shot costs (records.shot_takes): a take's cost counts in the month of
-# its stored_at, an identity's in identity_ready_at's.
-_MONTH_SPEND = """
-    WITH month AS (
-        SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AS start_utc,
-               date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month' AS end_utc
-    ), bounds AS (
-        SELECT to_char(start_utc, 'YYYY-MM') AS month,
-               start_utc AT TIME ZONE 'UTC' AS start_at, end_utc AT TIME ZONE 'UTC' AS end_at FROM month
-    ), costs AS (
-        SELECT s.cost_usd AS usd, s.simulation IS NOT NULL AS simulated
-          FROM records.shot_takes s, bounds b
-         WHERE s.tenant_id = $1 AND s.cost_usd IS NOT NULL AND s.stored_at >= b.start_at AND s.stored_at < b.end_at
-        UNION ALL
-        SELECT c.identity_cost_usd, coalesce(c.identity_simulated, false)
-          FROM records.characters c, bounds b
-         WHERE c.tenant_id = $1 AND c.identity_cost_usd IS NOT NULL
-           AND c.identity_ready_at >= b.start_at AND c.identity_ready_at < b.end_at
-    )
-    SELECT b.month,
-           (SELECT coalesce(sum(usd), 0) FROM costs) AS spend_usd,
-           (SELECT coalesce(sum(usd) FILTER (WHERE simulated), 0) FROM costs) AS simulated_usd
-      FROM bounds b"""
 
 
 class PostgresRecords:
@@ -310,7 +286,7 @@ class PostgresRecords:
         # One cost at a time per budgeted tenant (until this transaction ends): the sum below then sees every
         # cost committed before it, so no two replicas can both miss a threshold their costs cross together.
         await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('likeness-budget'), hashtext($1))", tenant_id)
-        row = await self._conn.fetchrow(_MONTH_SPEND, tenant_id)
+        row = await self._conn.fetchrow(MONTH_SPEND_SQL, tenant_id)
         assert row is not None
         return MonthSpend(
             month=row["month"],
